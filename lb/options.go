@@ -1,0 +1,72 @@
+package lb
+
+import (
+	"fmt"
+	"log/slog"
+	"math/bits"
+
+	"github.com/l4nft/l4nft/nft"
+)
+
+// DefaultTable is the table a Balancer owns when Options.Table is empty.
+const DefaultTable = "l4nft"
+
+// DefaultMarkMask is the conntrack mark bits a Balancer uses when
+// Options.MarkMask is zero: 16 bits, room for 65,535 backends.
+const DefaultMarkMask uint32 = 0xffff0000
+
+// Options configure a Balancer. The zero value is usable.
+type Options struct {
+	// Table is the name of the inet table the balancer owns; it never
+	// touches any other. Default DefaultTable.
+	Table string
+	// NetNS is the network namespace to act in. Default: the namespace of
+	// the thread that calls Open.
+	NetNS nft.NetNS
+	// MarkMask is the contiguous range of conntrack-mark bits the balancer
+	// may use to remember each connection's backend; every other bit of
+	// the mark is preserved, and the packet mark is never written. The
+	// number of backends is limited to 2^bits - 1. Default DefaultMarkMask.
+	MarkMask uint32
+	// LocalConnections balances connections started on the balancer host
+	// itself (the output hook) as well as those passing through it.
+	LocalConnections bool
+	// FlushConntrack cuts the established connections of a backend that
+	// is removed or set Down, by deleting its conntrack entries. Without
+	// it they continue until they end.
+	FlushConntrack bool
+	// Logger receives one line per change applied. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Table == "" {
+		o.Table = DefaultTable
+	}
+	if o.MarkMask == 0 {
+		o.MarkMask = DefaultMarkMask
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (o Options) check() error {
+	if !validName(o.Table) {
+		return fmt.Errorf("%w: table name %q: %s", ErrInvalid, o.Table, nameRule)
+	}
+	m := o.MarkMask
+	if m == 0 || bits.OnesCount32(m) != 32-bits.LeadingZeros32(m)-bits.TrailingZeros32(m) {
+		return fmt.Errorf("%w: mark mask %#08x: want one contiguous run of bits", ErrInvalid, m)
+	}
+	return nil
+}
+
+// markShift and maxBackends describe the mark range.
+func (o Options) markShift() int { return bits.TrailingZeros32(o.MarkMask) }
+
+// MaxBackends is how many backends the mark range can tell apart.
+func (o Options) MaxBackends() int {
+	return 1<<bits.OnesCount32(o.withDefaults().MarkMask) - 1
+}

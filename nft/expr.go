@@ -1,0 +1,216 @@
+package nft
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Registers. NFT_REG_1 is a 16-byte register that overlaps the 4-byte
+// registers NFT_REG32_00..03; a concatenated key is loaded into consecutive
+// 4-byte registers starting there, each field padded to 4 bytes.
+const (
+	reg1     = unix.NFT_REG_1
+	reg32At0 = unix.NFT_REG32_00
+)
+
+// reg32 returns the 4-byte register i words after the start of NFT_REG_1.
+func reg32(i int) uint32 { return uint32(reg32At0 + i) }
+
+// Family is the IP family of an expression that depends on it.
+type Family uint8
+
+// Families.
+const (
+	IPv4 Family = unix.NFPROTO_IPV4
+	IPv6 Family = unix.NFPROTO_IPV6
+)
+
+// FamilyOf returns the family of addr.
+func FamilyOf(addr netip.Addr) Family {
+	if addr.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// addrLen is the size of an address of the family, in bytes.
+func (f Family) addrLen() int {
+	if f == IPv4 {
+		return 4
+	}
+	return 16
+}
+
+func (f Family) String() string {
+	if f == IPv4 {
+		return "ip"
+	}
+	return "ip6"
+}
+
+// Mark returns the bytes of a mark as the kernel holds it (host order).
+func Mark(m uint32) []byte { return binaryutil.NativeEndian.PutUint32(m) }
+
+// ParseMark is the inverse of Mark.
+func ParseMark(b []byte) uint32 {
+	if len(b) < 4 {
+		return 0
+	}
+	return binaryutil.NativeEndian.Uint32(b[:4])
+}
+
+func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+
+// MatchFamily matches packets of family f (meta nfproto).
+func MatchFamily(f Family) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(f)}},
+	}
+}
+
+// MatchCtStateNew matches the first packets of a connection (ct state new).
+func MatchCtStateNew() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: Mark(expr.CtStateBitNEW), Xor: Mark(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(0)},
+	}
+}
+
+// LoadCtMark loads ct mark & mask into NFT_REG_1: the CONNMARK
+// --restore-mark of the seed design, except that it goes to a register
+// rather than the packet mark, so the packet mark (shared with other
+// programs) is never written.
+func LoadCtMark(mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: Mark(mask), Xor: Mark(0)},
+	}
+}
+
+// MatchCtMarkUnset matches connections whose mark has none of mask's bits
+// set (ct mark & mask == 0).
+func MatchCtMarkUnset(mask uint32) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: Mark(0)})
+}
+
+// SetCtMark sets the bits of mask in the connection's mark to value and
+// keeps every other bit: ct mark set ct mark & ^mask | value. It is the
+// MARK --set-mark plus CONNMARK --save-mark of the seed design in one step.
+// value must lie within mask.
+func SetCtMark(mask, value uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+		// (mark & ^mask) ^ value == (mark & ^mask) | value, as value ⊆ mask.
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: Mark(^mask), Xor: Mark(value)},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+}
+
+// RandomBelow matches with probability k/n: numgen random mod n < k. It is
+// the seed's `statistic --mode random --probability k/n`, exact for
+// integer weights. 0 < k < n.
+func RandomBelow(n, k uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+		// numgen writes host order; cmp compares bytes, so convert first.
+		&expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Cmp{Op: expr.CmpOpLt, Register: reg1, Data: be32(k)},
+	}
+}
+
+// MatchL4Proto matches one transport protocol (meta l4proto).
+func MatchL4Proto(proto uint8) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
+	}
+}
+
+// ServiceKey returns the key of a service in a ServiceSet of the
+// family: address . protocol . port, each padded to 4 bytes.
+func ServiceKey(addr netip.Addr, proto uint8, port uint16) []byte {
+	a := addr.Unmap().AsSlice()
+	k := make([]byte, len(a)+8)
+	copy(k, a)
+	k[len(a)] = proto
+	binary.BigEndian.PutUint16(k[len(a)+4:], port)
+	return k
+}
+
+// DispatchService jumps as the verdict map set says for the packet's
+// destination address . protocol . port:
+// ip daddr . meta l4proto . th dport vmap @set.
+func DispatchService(f Family, set string) []expr.Any {
+	n := f.addrLen() / 4
+	daddr := uint32(16) // offset in the IPv4 header
+	if f == IPv6 {
+		daddr = 24
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: uint32(f.addrLen())},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(n)},
+		&expr.Payload{DestRegister: reg32(n + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: 0},
+	}
+}
+
+// CountByMark updates the counter of the element of set that matches
+// ct mark & mask, and matches if there is one: ct mark & mask @set.
+func CountByMark(mask uint32, set string) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Lookup{SourceRegister: reg1, SetName: set})
+}
+
+// DNATByMark rewrites the destination to the address (and port, if
+// withPort) that map set holds for ct mark & mask:
+// dnat ip to ct mark & mask map @set. The map's data is
+// family_addr . inet_service with a port, family_addr without.
+func DNATByMark(f Family, mask uint32, set string, withPort bool) []expr.Any {
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f), RegAddrMin: reg1}
+	if withPort {
+		// The port follows the address: NFT_REG32_01 after an IPv4
+		// address, NFT_REG_2 (NFT_REG32_04) after an IPv6 one. Any other
+		// register is accepted by the kernel and breaks every connection.
+		nat.RegProtoMin = reg32(f.addrLen() / 4)
+		if f == IPv6 {
+			nat.RegProtoMin = unix.NFT_REG_2
+		}
+		nat.Specified = true
+	}
+	return append(LoadCtMark(mask),
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
+		nat)
+}
+
+// SNATByMark rewrites the source to the address that map set holds for
+// ct mark & mask: snat ip to ct mark & mask map @set.
+func SNATByMark(f Family, mask uint32, set string) []expr.Any {
+	return append(LoadCtMark(mask),
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(f), RegAddrMin: reg1})
+}
+
+// MasqueradeByMark masquerades connections whose ct mark & mask is in
+// set: ct mark & mask @set masquerade.
+func MasqueradeByMark(mask uint32, set string) []expr.Any {
+	return append(LoadCtMark(mask),
+		&expr.Lookup{SourceRegister: reg1, SetName: set},
+		&expr.Masq{})
+}
+
+// Return ends the current chain and resumes after the jump that led here.
+func Return() expr.Any { return &expr.Verdict{Kind: expr.VerdictReturn} }
+
+// RejectTCPReset answers a TCP packet with a reset.
+func RejectTCPReset() expr.Any { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
+
+// RejectUnreachable answers with ICMP (or ICMPv6) port unreachable.
+func RejectUnreachable() expr.Any {
+	return &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}
+}
