@@ -143,12 +143,14 @@ func farmRules(f Farm, up []Backend, o Options, marks map[backendKey]uint32) []r
 				text: "reject with icmpx port-unreachable"},
 		}
 	}
-	remaining := 0
-	for _, b := range up {
-		remaining += b.Weight
+	weights := make([]int, len(up))
+	for i, b := range up {
+		weights[i] = b.Weight
 	}
+	steps := cascade(weights)
 	rules := make([]rule, 0, len(up))
 	for i, b := range up {
+		remaining := steps[i].modulus
 		m := marks[backendKey{f.Name, b.Name}]
 		set := nft.SetCtMark(o.MarkMask, m)
 		setText := fmt.Sprintf("ct mark set ct mark & %s | %s", markText(^o.MarkMask), markText(m))
@@ -166,9 +168,27 @@ func farmRules(f Farm, up []Backend, o Options, marks map[backendKey]uint32) []r
 		r.seed = fmt.Sprintf("iptables -t mangle -A PREROUTING -d %s %s-j MARK --set-mark %s  (+ CONNMARK --save-mark)",
 			f.Address.Unmap(), seedMatch, markText(m))
 		rules = append(rules, r)
-		remaining -= b.Weight
 	}
 	return rules
+}
+
+// step is one rule of the cascade: take this backend if
+// numgen random mod modulus < below.
+type step struct{ modulus, below int }
+
+// cascade returns the steps that pick backend i with probability
+// weights[i] / sum(weights): each step draws among the weight that is left.
+func cascade(weights []int) []step {
+	remaining := 0
+	for _, w := range weights {
+		remaining += w
+	}
+	steps := make([]step, len(weights))
+	for i, w := range weights {
+		steps[i] = step{remaining, w}
+		remaining -= w
+	}
+	return steps
 }
 
 // baseChains are the hooked chains; they depend on the options only.

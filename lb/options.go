@@ -58,7 +58,7 @@ func (o Options) check() error {
 	}
 	m := o.MarkMask
 	if m == 0 || bits.OnesCount32(m) != 32-bits.LeadingZeros32(m)-bits.TrailingZeros32(m) {
-		return fmt.Errorf("%w: mark mask %#08x: want one contiguous run of bits", ErrInvalid, m)
+		return fmt.Errorf("%w: mark mask %s: want one contiguous run of bits", ErrInvalid, markText(m))
 	}
 	return nil
 }

@@ -67,7 +67,7 @@ func setByName(name string) (nft.Set, bool) {
 
 // schemaComment is the comment of the schema element for these options.
 func schemaComment(o Options) string {
-	return fmt.Sprintf("l4nft schema=%d mark_mask=%#08x local=%t", schemaVersion, o.MarkMask, o.LocalConnections)
+	return fmt.Sprintf("l4nft schema=%d mark_mask=%s local=%t", schemaVersion, markText(o.MarkMask), o.LocalConnections)
 }
 
 // Base chain names.

@@ -174,7 +174,7 @@ func Validate(s State, opts Options) error {
 	}
 	if max := opts.MaxBackends(); total > max {
 		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "farms",
-			Message: fmt.Sprintf("%d backends in all, but mark mask %#08x can tell only %d apart; widen Options.MarkMask", total, opts.MarkMask, max)})
+			Message: fmt.Sprintf("%d backends in all, but mark mask %s can tell only %d apart; widen Options.MarkMask", total, markText(opts.MarkMask), max)})
 	}
 	return v.err()
 }
