@@ -27,18 +27,18 @@ var (
 	setServiceRanges6 = nft.Set{Name: "service_ranges6", Key: service6, Data: nftables.TypeVerdict, Concat: true, Interval: true}
 	// dnat: backend mark -> address . port (or address alone, keeping the
 	// client's port). The element counters count new connections.
-	setDNAT4     = nft.Set{Name: "dnat4", Key: nftables.TypeMark, HostOrderKey: true, Data: target4, Counter: true}
-	setDNAT6     = nft.Set{Name: "dnat6", Key: nftables.TypeMark, HostOrderKey: true, Data: target6, Counter: true}
-	setDNATAddr4 = nft.Set{Name: "dnat_addr4", Key: nftables.TypeMark, HostOrderKey: true, Data: nftables.TypeIPAddr, Counter: true}
-	setDNATAddr6 = nft.Set{Name: "dnat_addr6", Key: nftables.TypeMark, HostOrderKey: true, Data: nftables.TypeIP6Addr, Counter: true}
+	setDNAT4     = nft.Set{Name: "dnat4", Key: nftables.TypeMark, Data: target4, Counter: true}
+	setDNAT6     = nft.Set{Name: "dnat6", Key: nftables.TypeMark, Data: target6, Counter: true}
+	setDNATAddr4 = nft.Set{Name: "dnat_addr4", Key: nftables.TypeMark, Data: nftables.TypeIPAddr, Counter: true}
+	setDNATAddr6 = nft.Set{Name: "dnat_addr6", Key: nftables.TypeMark, Data: nftables.TypeIP6Addr, Counter: true}
 	// snat: backend mark -> source address (NAT mode with Farm.Source).
-	setSNAT4 = nft.Set{Name: "snat4", Key: nftables.TypeMark, HostOrderKey: true, Data: nftables.TypeIPAddr}
-	setSNAT6 = nft.Set{Name: "snat6", Key: nftables.TypeMark, HostOrderKey: true, Data: nftables.TypeIP6Addr}
+	setSNAT4 = nft.Set{Name: "snat4", Key: nftables.TypeMark, Data: nftables.TypeIPAddr}
+	setSNAT6 = nft.Set{Name: "snat6", Key: nftables.TypeMark, Data: nftables.TypeIP6Addr}
 	// masquerade: backend marks of NAT-mode farms without a Source.
 	setMasquerade = nft.Set{Name: "masq_backends", Key: nftables.TypeMark}
 	// traffic: backend marks; the element counters count every packet
 	// and byte of the backend's connections, both directions.
-	setTraffic = nft.Set{Name: "traffic", Key: nftables.TypeMark, HostOrderKey: true, Counter: true}
+	setTraffic = nft.Set{Name: "traffic", Key: nftables.TypeMark, Counter: true}
 	// backends: backend mark -> nothing; the comment records the
 	// backend's name, weight and state so a new process can adopt the
 	// table. Kept apart from the counted sets so that changing a weight

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 )
@@ -153,10 +152,6 @@ type Set struct {
 	// Counter gives every element a packet and byte counter that any
 	// lookup matching the element updates.
 	Counter bool
-	// HostOrderKey tells `nft list` that the key is host-endian (a mark),
-	// so that it prints keys as they were written. It changes nothing in
-	// the kernel's matching.
-	HostOrderKey bool
 }
 
 func (s Set) isMap() bool { return s.Data.Name != "" }
@@ -176,9 +171,6 @@ func (b *Batch) AddSet(s Set) {
 		Interval:      s.Interval,
 		Concatenation: s.Concat,
 		Counter:       s.Counter,
-	}
-	if s.HostOrderKey {
-		ns.KeyByteOrder = binaryutil.NativeEndian
 	}
 	b.sets[s.Name] = ns
 	b.add(1, func(n *nftables.Conn) error { return n.AddSet(ns, nil) })

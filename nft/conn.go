@@ -153,7 +153,8 @@ func (c *Conn) Commit(ctx context.Context, b *Batch) error {
 			if errors.Is(err, syscall.ENOBUFS) {
 				return fmt.Errorf("%w: %w", ErrStateUnknown, err)
 			}
-			return err
+			return fmt.Errorf("kernel rejected the transaction of %d messages, %d elements; nothing was applied: %w",
+				b.Messages(), b.Elements(), err)
 		}
 		return nil
 	})

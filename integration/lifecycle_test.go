@@ -1,0 +1,135 @@
+package integration_test
+
+import (
+	"testing"
+
+	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/lb"
+)
+
+// Established connections keep their backend whatever happens to the
+// ruleset: their NAT binding lives in conntrack, and their mark is never
+// chosen again.
+func TestEstablishedConnectionsKeepTheirBackend(t *testing.T) {
+	bed := mustBed(t, testbed.Options{Backends: 3})
+	b := mustOpen(t, bed, lb.Options{})
+	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+	mustApply(t, b, s)
+	conns := dialAll(t, bed.Clients[0], ap(vip4, 80), 20)
+	assertSameBackends(t, "before any change", conns)
+
+	s.Farms[0].Backends[0].Weight = 9
+	mustApply(t, b, s)
+	assertSameBackends(t, "after a weight change", conns)
+
+	s.Farms[0].Backends = backendsOf(bed, false, 80, 9, 1, 1)
+	mustApply(t, b, s)
+	assertSameBackends(t, "after adding a backend", conns)
+
+	if res := mustApply(t, b, s); res.Changed || res.Messages != 0 {
+		t.Errorf("re-applying the same state sent %d messages (changed=%v), want nothing", res.Messages, res.Changed)
+	}
+	assertSameBackends(t, "after re-applying the same state", conns)
+
+	// A second process adopts the table: it reads the state and, given the
+	// same state, sends nothing.
+	b2 := mustOpen(t, bed, lb.Options{})
+	if got := len(b2.State().Farms); got != 1 {
+		t.Fatalf("adopted %d farms, want 1", got)
+	}
+	if res := mustApply(t, b2, s); res.Changed || res.Messages != 0 {
+		t.Errorf("adopting process re-applying the same state sent %d messages, want nothing", res.Messages)
+	}
+	assertSameBackends(t, "after a second process adopted the table", conns)
+	// And new connections still use all three backends.
+	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1100, 8)
+	assertSplit(t, res, names(bed, 3), []int{9, 1, 1})
+}
+
+func TestBackendStates(t *testing.T) {
+	tests := []struct {
+		name      string
+		flush     bool
+		change    func(s *lb.State)
+		wantAlive bool // do established connections of backend0 survive?
+	}{
+		{"drain", false, func(s *lb.State) { s.Farms[0].Backends[0].State = lb.Drain }, true},
+		{"drain with conntrack flushing", true, func(s *lb.State) { s.Farms[0].Backends[0].State = lb.Drain }, true},
+		{"down", false, func(s *lb.State) { s.Farms[0].Backends[0].State = lb.Down }, true},
+		{"down with conntrack flushing", true, func(s *lb.State) { s.Farms[0].Backends[0].State = lb.Down }, false},
+		{"removed", false, func(s *lb.State) { s.Farms[0].Backends = s.Farms[0].Backends[1:] }, true},
+		{"removed with conntrack flushing", true, func(s *lb.State) { s.Farms[0].Backends = s.Farms[0].Backends[1:] }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bed := mustBed(t, testbed.Options{})
+			b := mustOpen(t, bed, lb.Options{FlushConntrack: tt.flush})
+			s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+			mustApply(t, b, s)
+			victim, other := bed.Backends[0].Name(), bed.Backends[1].Name()
+			var onVictim, onOther []*testbed.Conn
+			for _, c := range dialAll(t, bed.Clients[0], ap(vip4, 80), 30) {
+				if c.First().Backend == victim {
+					onVictim = append(onVictim, c)
+				} else {
+					onOther = append(onOther, c)
+				}
+			}
+			if len(onVictim) == 0 || len(onOther) == 0 {
+				t.Fatalf("30 connections did not reach both backends (%d on %s)", len(onVictim), victim)
+			}
+			tt.change(&s)
+			res := mustApply(t, b, s)
+			t.Logf("apply: %+v", res)
+
+			// No new connection reaches the victim.
+			spread := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 200, 8)
+			if spread.Errors > 0 || spread.Counts[victim] != 0 || spread.Counts[other] != 200 {
+				t.Errorf("new connections: %s, want all 200 on %s", spread, other)
+			}
+			// Connections to the other backend are never cut.
+			assertSameBackends(t, "other backend", onOther)
+			for i, c := range onVictim {
+				got, err := c.RoundTrip(testContext(t))
+				switch {
+				case tt.wantAlive && (err != nil || got != victim):
+					t.Errorf("connection %d to %s: got %q, %v; want it alive", i, victim, got, err)
+				case !tt.wantAlive && err == nil:
+					t.Errorf("connection %d to %s still answers (%q); want it cut", i, victim, got)
+				}
+			}
+		})
+	}
+}
+
+func TestRemoveFarmAndRemoveAll(t *testing.T) {
+	bed := mustBed(t, testbed.Options{Ports: []uint16{80, 443}})
+	if err := bed.Balancer.AddVIP(vip4); err != nil {
+		t.Fatal(err)
+	}
+	b := mustOpen(t, bed, lb.Options{})
+	mustApply(t, b, lb.State{Farms: []lb.Farm{
+		farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1)),
+		farm("tls", vip4, 443, lb.NAT, backendsOf(bed, false, 443, 1, 1)),
+	}})
+	if _, err := b.RemoveFarm(testContext(t), "web"); err != nil {
+		t.Fatal(err)
+	}
+	// The VIP is the balancer's own address: without the farm the
+	// balancer itself answers, with a reset.
+	if r, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 80)); err == nil {
+		t.Errorf("removed farm still answered by %s", r.Backend)
+	}
+	if res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 443), 50, 4); res.Errors > 0 {
+		t.Errorf("the other farm broke: %s", res)
+	}
+	if err := b.Remove(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if out := listRuleset(t, bed.Balancer.Namespace); out != "" {
+		t.Errorf("ruleset after Remove:\n%s\nwant empty", out)
+	}
+	if _, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 443)); err == nil {
+		t.Error("farm answered after Remove")
+	}
+}

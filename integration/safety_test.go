@@ -1,0 +1,192 @@
+package integration_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/lb"
+	"github.com/l4nft/l4nft/nft"
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+)
+
+func TestInvalidStateChangesNothing(t *testing.T) {
+	bed := mustBed(t, testbed.Options{})
+	b := mustOpen(t, bed, lb.Options{})
+	good := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 2))}}
+	mustApply(t, b, good)
+	before := listRuleset(t, bed.Balancer.Namespace)
+
+	bad := lb.State{Farms: []lb.Farm{
+		farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 0)), // weight 0
+		farm("api", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1)), // same service
+	}}
+	_, err := b.Apply(testContext(t), bad)
+	var ve *lb.ValidationError
+	if !errors.Is(err, lb.ErrInvalid) || !errors.As(err, &ve) {
+		t.Fatalf("Apply(invalid) = %v, want a *lb.ValidationError", err)
+	}
+	for _, want := range []string{"farms[web].backends[backend1].weight", "farms[api].ports"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+	if after := listRuleset(t, bed.Balancer.Namespace); after != before {
+		t.Errorf("ruleset changed by a rejected state:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if got := b.State(); len(got.Farms) != 1 || got.Farms[0].Backends[1].Weight != 2 {
+		t.Errorf("State() after a rejected apply = %+v, want the good state", got)
+	}
+}
+
+// A batch the kernel rejects leaves the previous ruleset in place. To make
+// the kernel refuse a valid change, delete out of band an element l4nft
+// believes is installed: deleting it again fails with ENOENT and the whole
+// transaction is rolled back.
+func TestKernelRejectedBatchLeavesRulesetIntact(t *testing.T) {
+	bed := mustBed(t, testbed.Options{Backends: 3})
+	b := mustOpen(t, bed, lb.Options{})
+	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+	mustApply(t, b, s)
+	conn, err := nft.Open(nft.NetNSFd(bed.Balancer.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	out := nft.NewBatch("l4nft")
+	out.DeleteElements(nft.Set{Name: "backends"}, []nft.Element{{Key: nft.Mark(0x00010000)}})
+	if err := conn.Commit(testContext(t), out); err != nil {
+		t.Fatalf("failed to delete an element out of band: %v", err)
+	}
+	before := listRuleset(t, bed.Balancer.Namespace)
+
+	// Weight change of backend0 (mark 0x00010000) plus a new backend2.
+	s.Farms[0].Backends = backendsOf(bed, false, 80, 5, 1, 1)
+	_, err = b.Apply(testContext(t), s)
+	if err == nil {
+		t.Fatal("Apply succeeded although the kernel must have refused the batch")
+	}
+	t.Logf("Apply error: %v", err)
+	if !strings.Contains(err.Error(), "no such file or directory") {
+		t.Errorf("error %q does not carry the kernel's reason", err)
+	}
+	if after := listRuleset(t, bed.Balancer.Namespace); after != before {
+		t.Errorf("ruleset changed by a rejected batch:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	// The data plane still runs the previous state: backend2 gets nothing.
+	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 400, 8)
+	assertSplit(t, res, names(bed, 2), []int{1, 1})
+}
+
+// Another table in the same namespace, and other users of the packet and
+// conntrack marks, keep working alongside l4nft, and l4nft never changes
+// them.
+func TestForeignTableAndMarksUntouched(t *testing.T) {
+	bed := mustBed(t, testbed.Options{})
+	ns := bed.Balancer.Namespace
+	// The foreign table marks packets (meta mark 0x1) before l4nft's
+	// hook, sets its own conntrack mark bit (0x42, outside l4nft's
+	// 0xffff0000) after it, and counts both on the way to the backends.
+	foreign := `table inet other {
+	chain pre_early {
+		type filter hook prerouting priority -160; policy accept;
+		ip daddr 198.51.100.250 meta mark set 0x1
+	}
+	chain pre_late {
+		type filter hook prerouting priority -140; policy accept;
+		ip daddr 198.51.100.250 ct mark set ct mark | 0x42
+	}
+	chain post {
+		type filter hook postrouting priority 0; policy accept;
+		ip daddr 203.0.113.0/24 meta mark 0x1 counter name packet_marks
+		ip daddr 203.0.113.0/24 ct mark & 0xffff == 0x42 counter name conn_marks
+	}
+	counter packet_marks {}
+	counter conn_marks {}
+}
+`
+	runNft(t, ns, []byte(foreign), "-f", "-")
+	listForeign := func() string {
+		// Counters aside, the foreign table must be exactly as written.
+		out := runNft(t, ns, nil, "list", "table", "inet", "other")
+		var keep []string
+		for _, l := range strings.Split(out, "\n") {
+			if !strings.Contains(l, "packets") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	before := listForeign()
+
+	b := mustOpen(t, bed, lb.Options{FlushConntrack: true})
+	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+	mustApply(t, b, s)
+	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 200, 4)
+	assertSplit(t, res, names(bed, 2), []int{1, 1})
+
+	counters := runNft(t, ns, nil, "list", "counters", "table", "inet", "other")
+	for _, name := range []string{"packet_marks", "conn_marks"} {
+		if !strings.Contains(counters, "counter "+name) || counterPackets(t, counters, name) == 0 {
+			t.Errorf("foreign counter %s did not count:\n%s", name, counters)
+		}
+	}
+	// Every conntrack entry to a backend carries both marks.
+	flows := dumpConntrack(t, bed)
+	n := 0
+	for _, f := range flows {
+		if f.TupleOrig.IP.DestinationAddress != vip4 {
+			continue
+		}
+		n++
+		if f.Mark&0xffff != 0x42 || f.Mark&0xffff0000 == 0 {
+			t.Errorf("flow %v has mark %#08x, want l4nft's bits and the foreign 0x42", f.TupleOrig, f.Mark)
+		}
+	}
+	if n == 0 {
+		t.Error("no conntrack entry to the VIP")
+	}
+
+	// Changing and removing l4nft's table leaves the foreign one alone.
+	s.Farms[0].Backends[0].State = lb.Down
+	mustApply(t, b, s)
+	if err := b.Remove(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if after := listForeign(); after != before {
+		t.Errorf("foreign table changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func counterPackets(t *testing.T, listing, name string) int {
+	t.Helper()
+	i := strings.Index(listing, "counter "+name)
+	if i < 0 {
+		return 0
+	}
+	var packets int
+	rest := listing[i:]
+	j := strings.Index(rest, "packets ")
+	if j < 0 {
+		return 0
+	}
+	fmt.Sscanf(rest[j:], "packets %d", &packets)
+	return packets
+}
+
+func dumpConntrack(t *testing.T, bed *testbed.Topology) []conntrack.Flow {
+	t.Helper()
+	c, err := conntrack.Dial(&netlink.Config{NetNS: bed.Balancer.Fd()})
+	if err != nil {
+		t.Fatalf("failed to dial conntrack: %v", err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatalf("failed to dump conntrack: %v", err)
+	}
+	return flows
+}
