@@ -56,15 +56,6 @@ var allSets = []nft.Set{
 	setSNAT4, setSNAT6, setMasquerade, setTraffic, setBackends, setSchema,
 }
 
-func setByName(name string) (nft.Set, bool) {
-	for _, s := range allSets {
-		if s.Name == name {
-			return s, true
-		}
-	}
-	return nft.Set{}, false
-}
-
 // schemaComment is the comment of the schema element for these options.
 func schemaComment(o Options) string {
 	return fmt.Sprintf("l4nft schema=%d mark_mask=%s local=%t", schemaVersion, markText(o.MarkMask), o.LocalConnections)

@@ -1,0 +1,46 @@
+// Package lb is the l4nft load-balancing library: describe farms and
+// backends as a State, and a Balancer makes the kernel's nftables match it.
+//
+// A farm is a virtual service (address, ports, TCP and/or UDP) whose new
+// connections are spread over backends by weighted random choice. In NAT
+// mode the balancer also rewrites the client's address, so replies come
+// back through it whatever the backends' routes; in DNAT mode the client's
+// address is kept and the balancer must be the backends' gateway. It is the
+// L4xNAT design of Zevenet's iptables balancer (see the README), expressed
+// natively in nftables and sent over netlink: no nft or iptables binary is
+// needed.
+//
+// # Applying a state
+//
+// Open adopts the table if another process left one, without disturbing
+// traffic. Apply validates the whole State first (a *ValidationError lists
+// every problem, each naming farm, backend and field) and then sends the
+// difference between what is installed and what is wanted as one atomic
+// netlink transaction: the kernel applies all of it or, if it refuses any
+// part, none of it. Applying what is installed sends nothing; changing one
+// backend sends that backend's set elements and at most its farm's chain,
+// whatever the number of farms.
+//
+// # The ruleset
+//
+// The balancer owns one inet table (Options.Table) and touches nothing
+// else. Farms and backends are elements of shared maps: a new connection is
+// dispatched by one hash lookup on address . protocol . port to its farm's
+// chain, where the seed's cascade of random choices sets the backend's bits
+// in the conntrack mark (Options.MarkMask; other bits are preserved, the
+// packet mark is never written). NAT chains then read the mark and rewrite
+// addresses from maps keyed by it. Render prints the ruleset in nft syntax,
+// each rule commented with the iptables rule it replaces.
+//
+// # Counters
+//
+// Status reports, per backend, the new connections it was given (counters
+// on the dnat map elements, which are looked up once per connection) and
+// the packets and bytes of its connections in both directions (a per-packet
+// lookup in a counted set).
+//
+// # Requirements
+//
+// Linux with nf_tables, nf_nat and nf_conntrack (5.x or later; developed
+// on 6.18), CAP_NET_ADMIN in the target namespace.
+package lb
