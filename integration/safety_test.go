@@ -44,34 +44,39 @@ func TestInvalidStateChangesNothing(t *testing.T) {
 
 // A batch the kernel rejects leaves the previous ruleset in place. To make
 // the kernel refuse a valid change, delete out of band an element l4nft
-// believes is installed: deleting it again fails with ENOENT and the whole
-// transaction is rolled back.
+// believes is installed (backend0's packet counter, which traffic does not
+// need): removing backend0 deletes it again, which fails with ENOENT, and
+// the whole transaction is rolled back.
 func TestKernelRejectedBatchLeavesRulesetIntact(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Backends: 3})
 	b := mustOpen(t, bed, lb.Options{})
 	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
 	mustApply(t, b, s)
+	st, err := b.Status(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	conn, err := nft.Open(nft.NetNSFd(bed.Balancer.Fd()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	out := nft.NewBatch("l4nft")
-	out.DeleteElements(nft.Set{Name: "backends"}, []nft.Element{{Key: nft.Mark(0x00010000)}})
+	out.DeleteElements(nft.Set{Name: "traffic"}, []nft.Element{{Key: nft.Mark(st.Farms[0].Backends[0].Mark)}})
 	if err := conn.Commit(testContext(t), out); err != nil {
 		t.Fatalf("failed to delete an element out of band: %v", err)
 	}
 	before := listRuleset(t, bed.Balancer.Namespace)
 
-	// Weight change of backend0 (mark 0x00010000) plus a new backend2.
-	s.Farms[0].Backends = backendsOf(bed, false, 80, 5, 1, 1)
+	// Remove backend0 and add backend2.
+	s.Farms[0].Backends = backendsOf(bed, false, 80, 1, 1, 1)[1:]
 	_, err = b.Apply(testContext(t), s)
 	if err == nil {
 		t.Fatal("Apply succeeded although the kernel must have refused the batch")
 	}
 	t.Logf("Apply error: %v", err)
-	if !strings.Contains(err.Error(), "no such file or directory") {
-		t.Errorf("error %q does not carry the kernel's reason", err)
+	if !strings.Contains(err.Error(), "no such file or directory") || !strings.Contains(err.Error(), "nothing was applied") {
+		t.Errorf("error %q does not carry the kernel's reason and outcome", err)
 	}
 	if after := listRuleset(t, bed.Balancer.Namespace); after != before {
 		t.Errorf("ruleset changed by a rejected batch:\nbefore:\n%s\nafter:\n%s", before, after)

@@ -11,27 +11,37 @@ import (
 	"github.com/l4nft/l4nft/nft"
 )
 
-// backendKey identifies a backend across applies.
-type backendKey struct{ farm, backend string }
+// objectKey names a mark owner across applies: a farm (backend "") or one
+// of its backends.
+type objectKey struct{ farm, backend string }
 
-func (k backendKey) String() string { return k.farm + "/" + k.backend }
-
-// compile turns a valid State into the ruleset that implements it. marks
-// holds the mark of every backend of s.
-func compile(s State, o Options, marks map[backendKey]uint32) ruleset {
-	r := newRuleset()
-	r.base = baseChains(o)
-	r.add(setSchema, element{
-		Element: nft.Element{Key: nft.Mark(1), Comment: schemaComment(o)},
-		text:    fmt.Sprintf("%s comment %q", markText(1), schemaComment(o)),
-	})
-	for _, f := range s.Farms {
-		compileFarm(r, f, o, marks)
+func (k objectKey) String() string {
+	if k.backend == "" {
+		return k.farm
 	}
-	return r
+	return k.farm + "/" + k.backend
 }
 
 func markText(m uint32) string { return fmt.Sprintf("0x%08x", m) }
+
+// compiledFarm is what one farm puts in the kernel: elements only.
+type compiledFarm struct {
+	// spec is the farm it was compiled from.
+	spec Farm
+	// dirty says the kernel's elements may not be what spec compiles to
+	// (read back from a table whose contents disagree); the next Apply
+	// diffs the farm whatever its spec.
+	dirty bool
+	// elements by set name, then elementID.
+	elements map[string]map[string]element
+}
+
+func (c *compiledFarm) add(s nft.Set, e element) {
+	if c.elements[s.Name] == nil {
+		c.elements[s.Name] = map[string]element{}
+	}
+	c.elements[s.Name][elementID(e.Element)] = e
+}
 
 func farmComment(f Farm) string {
 	c := fmt.Sprintf("farm=%s mode=%s scheduler=%s", f.Name, f.Mode, f.Scheduler)
@@ -45,77 +55,131 @@ func backendComment(f Farm, b Backend) string {
 	return fmt.Sprintf("backend=%s/%s weight=%d state=%s", f.Name, b.Name, b.Weight, b.State)
 }
 
-func compileFarm(r ruleset, f Farm, o Options, marks map[backendKey]uint32) {
+// compileFarm turns a valid farm into its elements. marks holds the mark
+// of the farm and of each of its backends.
+func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
+	c := &compiledFarm{spec: cloneFarm(f), elements: map[string]map[string]element{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
-	name := farmChain(f.Name)
+	id := marks[objectKey{f.Name, ""}]
 	comment := farmComment(f)
 
-	// Services: every address . protocol . port of the farm jumps to its chain.
+	// Services: every address . protocol . port of the farm names it.
 	exact, ranges := setServices4, setServiceRanges4
+	dnat, dnatAddr, snat := setDNAT4, setDNATAddr4, setSNAT4
 	if fam == nft.IPv6 {
 		exact, ranges = setServices6, setServiceRanges6
+		dnat, dnatAddr, snat = setDNAT6, setDNATAddr6, setSNAT6
 	}
 	for _, proto := range f.Protocol.numbers() {
 		for _, p := range f.Ports {
-			e := element{Element: nft.Element{Key: nft.ServiceKey(addr, proto, p.First), Jump: name, Comment: comment}}
-			e.text = fmt.Sprintf("%s . %s . %s comment %q : jump %s", addr, protoName(proto), p, comment, name)
+			e := element{Element: nft.Element{Key: nft.ServiceKey(addr, proto, p.First), Value: nft.Mark(id), Comment: comment}}
+			e.text = fmt.Sprintf("%s . %s . %s comment %q : %s", addr, protoName(proto), p, comment, markText(id))
 			if p.First == p.Last {
-				r.add(exact, e)
+				c.add(exact, e)
 				continue
 			}
 			e.KeyEnd = nft.ServiceKey(addr, proto, p.Last)
-			r.add(ranges, e)
+			c.add(ranges, e)
 		}
 	}
 
-	backends := slices.SortedFunc(slices.Values(f.Backends), func(a, b Backend) int { return cmp.Compare(a.Name, b.Name) })
 	var up []Backend
-	for _, b := range backends {
-		m := marks[backendKey{f.Name, b.Name}]
-		id := f.Name + "/" + b.Name
+	for _, b := range f.Backends {
+		m := marks[objectKey{f.Name, b.Name}]
+		name := f.Name + "/" + b.Name
 		mt := markText(m)
 		key := nft.Mark(m)
 		baddr := b.Address.Unmap()
-
-		dnat, dnatAddr := setDNAT4, setDNATAddr4
-		snat := setSNAT4
-		if fam == nft.IPv6 {
-			dnat, dnatAddr, snat = setDNAT6, setDNATAddr6, setSNAT6
-		}
 		if b.Port != 0 {
-			r.add(dnat, element{
-				Element: nft.Element{Key: key, Value: targetValue(baddr, b.Port), Comment: id},
-				text:    fmt.Sprintf("%s comment %q : %s . %d", mt, id, baddr, b.Port),
+			c.add(dnat, element{
+				Element: nft.Element{Key: key, Value: targetValue(baddr, b.Port), Comment: name},
+				text:    fmt.Sprintf("%s comment %q : %s . %d", mt, name, baddr, b.Port),
 			})
 		} else {
-			r.add(dnatAddr, element{
-				Element: nft.Element{Key: key, Value: baddr.AsSlice(), Comment: id},
-				text:    fmt.Sprintf("%s comment %q : %s", mt, id, baddr),
+			c.add(dnatAddr, element{
+				Element: nft.Element{Key: key, Value: baddr.AsSlice(), Comment: name},
+				text:    fmt.Sprintf("%s comment %q : %s", mt, name, baddr),
 			})
 		}
 		if f.Mode == NAT {
 			if f.Source.IsValid() {
 				src := f.Source.Unmap()
-				r.add(snat, element{
-					Element: nft.Element{Key: key, Value: src.AsSlice(), Comment: id},
-					text:    fmt.Sprintf("%s comment %q : %s", mt, id, src),
+				c.add(snat, element{
+					Element: nft.Element{Key: key, Value: src.AsSlice(), Comment: name},
+					text:    fmt.Sprintf("%s comment %q : %s", mt, name, src),
 				})
 			} else {
-				r.add(setMasquerade, element{
-					Element: nft.Element{Key: key, Comment: id},
-					text:    fmt.Sprintf("%s comment %q", mt, id),
-				})
+				c.add(setMasquerade, element{Element: nft.Element{Key: key, Comment: name}, text: fmt.Sprintf("%s comment %q", mt, name)})
 			}
 		}
-		r.add(setTraffic, element{Element: nft.Element{Key: key, Comment: id}, text: fmt.Sprintf("%s comment %q", mt, id)})
+		c.add(setTraffic, element{Element: nft.Element{Key: key, Comment: name}, text: fmt.Sprintf("%s comment %q", mt, name)})
 		bc := backendComment(f, b)
-		r.add(setBackends, element{Element: nft.Element{Key: key, Comment: bc}, text: fmt.Sprintf("%s comment %q", mt, bc)})
+		c.add(setBackends, element{Element: nft.Element{Key: key, Comment: bc}, text: fmt.Sprintf("%s comment %q", mt, bc)})
 		if b.State == Up {
 			up = append(up, b)
 		}
 	}
-	r.farms[name] = chain{Chain: nft.Chain{Name: name}, rules: farmRules(f, up, o, marks)}
+
+	// Schedule: each available backend owns a range of the farm's slots,
+	// in name order so that the order of State.Backends does not matter.
+	slices.SortFunc(up, func(x, y Backend) int { return cmp.Compare(x.Name, y.Name) })
+	weights := make([]int, len(up))
+	for i, b := range up {
+		weights[i] = b.Weight
+	}
+	lo := uint32(0)
+	for i, n := range apportion(weights, scheduleSlots) {
+		b := up[i]
+		m := marks[objectKey{f.Name, b.Name}]
+		hi := lo + n // exclusive
+		name := f.Name + "/" + b.Name
+		c.add(setSchedule, element{
+			Element: nft.Element{Key: nft.ScheduleKey(id, lo), Value: nft.Mark(m), Comment: name},
+			text:    fmt.Sprintf("%s . %d-%d comment %q : %s", markText(id), lo, hi-1, name, markText(m)),
+		})
+		c.add(setSchedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, hi), IntervalEnd: true}})
+		lo = hi
+	}
+	return c
+}
+
+// apportion splits slots among weights in proportion, by largest
+// remainder, giving every weight at least one slot.
+func apportion(weights []int, slots int) []uint32 {
+	total := 0
+	for _, w := range weights {
+		total += w
+	}
+	out := make([]uint32, len(weights))
+	if total == 0 {
+		return out
+	}
+	type rem struct {
+		i int
+		r int
+	}
+	rems := make([]rem, len(weights))
+	given := 0
+	for i, w := range weights {
+		q := slots * w
+		out[i] = uint32(q / total)
+		given += int(out[i])
+		rems[i] = rem{i, q % total}
+	}
+	slices.SortStableFunc(rems, func(a, b rem) int { return cmp.Compare(b.r, a.r) })
+	for k := 0; given < slots; k++ {
+		out[rems[k%len(rems)].i]++
+		given++
+	}
+	for i := range out {
+		if out[i] == 0 { // take a slot from the largest share
+			j := slices.Index(out, slices.Max(out))
+			out[j]--
+			out[i]++
+		}
+	}
+	return out
 }
 
 // targetValue is the data of a dnat map element: address . port.
@@ -127,104 +191,55 @@ func targetValue(addr netip.Addr, port uint16) []byte {
 	return v
 }
 
-// farmRules is the weighted random choice among the available backends,
-// the seed's cascade of `statistic --mode random` rules: backend i is
-// taken with probability w_i / (w_i + ... + w_n), which makes the overall
-// share of each backend exactly w_i / (w_1 + ... + w_n). The last backend
-// takes what is left. A farm with no backend available refuses new
-// connections rather than letting them reach the balancer itself.
-func farmRules(f Farm, up []Backend, o Options, marks map[backendKey]uint32) []rule {
-	if len(up) == 0 {
-		c := f.Name + ": no backend available"
-		return []rule{
-			{Rule: nft.Rule{Exprs: append(nft.MatchL4Proto(protoTCP), nft.RejectTCPReset()), Comment: c},
-				text: "meta l4proto tcp reject with tcp reset"},
-			{Rule: nft.Rule{Exprs: []expr.Any{nft.RejectUnreachable()}, Comment: c},
-				text: "reject with icmpx port-unreachable"},
-		}
-	}
-	weights := make([]int, len(up))
-	for i, b := range up {
-		weights[i] = b.Weight
-	}
-	steps := cascade(weights)
-	rules := make([]rule, 0, len(up))
-	for i, b := range up {
-		remaining := steps[i].modulus
-		m := marks[backendKey{f.Name, b.Name}]
-		set := nft.SetCtMark(o.MarkMask, m)
-		setText := fmt.Sprintf("ct mark set ct mark & %s | %s", markText(^o.MarkMask), markText(m))
-		r := rule{Rule: nft.Rule{Comment: f.Name + "/" + b.Name}}
-		probability := float64(b.Weight) / float64(remaining)
-		seedMatch := fmt.Sprintf("-m statistic --mode random --probability %.11f ", probability)
-		if i < len(up)-1 {
-			r.Exprs = append(nft.RandomBelow(uint32(remaining), uint32(b.Weight)), append(set, nft.Return())...)
-			r.text = fmt.Sprintf("numgen random mod %d < %d %s return", remaining, b.Weight, setText)
-		} else {
-			r.Exprs = set
-			r.text = setText
-			seedMatch = "-m statistic --mode random --probability 1.00000000000 "
-		}
-		r.seed = fmt.Sprintf("iptables -t mangle -A PREROUTING -d %s %s-j MARK --set-mark %s  (+ CONNMARK --save-mark)",
-			f.Address.Unmap(), seedMatch, markText(m))
-		rules = append(rules, r)
-	}
-	return rules
-}
-
-// step is one rule of the cascade: take this backend if
-// numgen random mod modulus < below.
-type step struct{ modulus, below int }
-
-// cascade returns the steps that pick backend i with probability
-// weights[i] / sum(weights): each step draws among the weight that is left.
-func cascade(weights []int) []step {
-	remaining := 0
-	for _, w := range weights {
-		remaining += w
-	}
-	steps := make([]step, len(weights))
-	for i, w := range weights {
-		steps[i] = step{remaining, w}
-		remaining -= w
-	}
-	return steps
+// schemaElement is the one element of the schema set.
+func schemaElement(o Options) element {
+	c := schemaComment(o)
+	return element{Element: nft.Element{Key: nft.Mark(1), Comment: c}, text: fmt.Sprintf("%s comment %q", markText(1), c)}
 }
 
 // baseChains are the hooked chains; they depend on the options only.
 func baseChains(o Options) []chain {
 	mask := o.MarkMask
 	mt := markText(mask)
-	dispatch := func(fam nft.Family, set nft.Set) rule {
-		exprs := slices.Concat(nft.MatchCtStateNew(), nft.MatchCtMarkUnset(mask), nft.MatchFamily(fam), nft.DispatchService(fam, set.Name))
-		famName := "ipv4"
-		if fam == nft.IPv6 {
-			famName = "ipv6"
-		}
+	famName := map[nft.Family]string{nft.IPv4: "ipv4", nft.IPv6: "ipv6"}
+	ctNew, unset, isOurs := nft.MatchCtStateNew(), nft.MatchCtMark(0), nft.MatchCtMarkSet(mask)
+	choose := func(fam nft.Family, set nft.Set) rule {
 		return rule{
-			Rule: nft.Rule{Exprs: exprs, Comment: "dispatch new connections to farm chains"},
-			text: fmt.Sprintf("ct state new ct mark & %s == 0x00000000 meta nfproto %s %s daddr . meta l4proto . th dport vmap @%s", mt, famName, fam, set.Name),
-			seed: "iptables -t mangle -A PREROUTING -d VIP -p PROTO --dport PORT ... (one rule per backend, walked linearly)",
+			Rule: nft.Rule{Exprs: slices.Concat(ctNew, unset, nft.MatchFamily(fam), nft.SetCtMarkFromService(fam, set.Name)), Comment: "new connection to a farm: mark it with the farm"},
+			text: fmt.Sprintf("ct state new ct mark 0x00000000 meta nfproto %s ct mark set %s daddr . meta l4proto . th dport map @%s", famName[fam], fam, set.Name),
+			seed: "iptables -t mangle -A PREROUTING -d VIP -p PROTO --dport PORT ...  (one rule per backend, walked in order)",
 		}
 	}
-	count := rule{
-		Rule: nft.Rule{Exprs: nft.CountByMark(mask, setTraffic.Name), Comment: "count packets and bytes per backend"},
-		text: fmt.Sprintf("ct mark & %s @%s", mt, setTraffic.Name),
-		seed: "iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark  (the mark is read from conntrack directly)",
+	selection := []rule{
+		choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
+		choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
+		{
+			Rule: nft.Rule{Exprs: slices.Concat(ctNew, nft.SetCtMarkFromSchedule(setSchedule.Name, scheduleSlots)), Comment: "weighted random choice of backend"},
+			text: fmt.Sprintf("ct state new ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, setSchedule.Name),
+			seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
+		},
+		{
+			Rule: nft.Rule{Exprs: slices.Concat(ctNew, nft.MatchL4Proto(protoTCP), isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
+			text: fmt.Sprintf("ct state new meta l4proto tcp ct mark & %s != 0x00000000 ct mark & %s != @%s reject with tcp reset", mt, mt, setBackends.Name),
+		},
+		{
+			Rule: nft.Rule{Exprs: slices.Concat(ctNew, isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectUnreachable()}), Comment: "farm without an available backend: refuse"},
+			text: fmt.Sprintf("ct state new ct mark & %s != 0x00000000 ct mark & %s != @%s reject with icmpx port-unreachable", mt, mt, setBackends.Name),
+		},
+		{
+			Rule: nft.Rule{Exprs: nft.CountByMark(mask, setTraffic.Name), Comment: "count packets and bytes per backend"},
+			text: fmt.Sprintf("ct mark & %s @%s", mt, setTraffic.Name),
+			seed: "iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark  (the mark is read from conntrack directly)",
+		},
 	}
-	mangle := func(name string, hook *nftables.ChainHook, hookName string) chain {
+	filter := func(name string, hook *nftables.ChainHook, hookName string) chain {
 		return chain{
-			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Hook: hook, Priority: priorityMangle}},
-			hook:  fmt.Sprintf("type filter hook %s priority mangle; policy accept;", hookName),
-			rules: []rule{
-				dispatch(nft.IPv4, setServices4), dispatch(nft.IPv4, setServiceRanges4),
-				dispatch(nft.IPv6, setServices6), dispatch(nft.IPv6, setServiceRanges6),
-				count,
-			},
+			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Hook: hook, Priority: priorityChoose}},
+			hook:  fmt.Sprintf("type filter hook %s priority %d; policy accept;", hookName, priorityChoose),
+			rules: selection,
 		}
 	}
 	dnatRule := func(fam nft.Family, set nft.Set, withPort bool) rule {
-		famName := map[nft.Family]string{nft.IPv4: "ipv4", nft.IPv6: "ipv6"}[fam]
 		proto := ""
 		if withPort {
 			// nft's parser wants a transport protocol before a port mapping;
@@ -234,14 +249,14 @@ func baseChains(o Options) []chain {
 		}
 		return rule{
 			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchFamily(fam), nft.DNATByMark(fam, mask, set.Name, withPort)), Comment: "dnat to the backend the mark names"},
-			text: fmt.Sprintf("meta nfproto %s %sdnat %s to ct mark & %s map @%s", famName, proto, fam, mt, set.Name),
+			text: fmt.Sprintf("meta nfproto %s %sdnat %s to ct mark & %s map @%s", famName[fam], proto, fam, mt, set.Name),
 			seed: "iptables -t nat -A PREROUTING -m mark --mark MARK -j DNAT --to-destination BACKEND  (one rule per backend)",
 		}
 	}
 	dnat := func(name string, hook *nftables.ChainHook, hookName string) chain {
 		return chain{
 			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeNAT, Hook: hook, Priority: priorityDstNAT}},
-			hook:  fmt.Sprintf("type nat hook %s priority -100; policy accept;", hookName),
+			hook:  fmt.Sprintf("type nat hook %s priority %d; policy accept;", hookName, priorityDstNAT),
 			rules: []rule{
 				dnatRule(nft.IPv4, setDNAT4, true), dnatRule(nft.IPv4, setDNATAddr4, false),
 				dnatRule(nft.IPv6, setDNAT6, true), dnatRule(nft.IPv6, setDNATAddr6, false),
@@ -249,19 +264,18 @@ func baseChains(o Options) []chain {
 		}
 	}
 	snatRule := func(fam nft.Family, set nft.Set) rule {
-		famName := map[nft.Family]string{nft.IPv4: "ipv4", nft.IPv6: "ipv6"}[fam]
 		return rule{
 			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchFamily(fam), nft.SNATByMark(fam, mask, set.Name)), Comment: "nat mode: snat to the farm's source"},
-			text: fmt.Sprintf("meta nfproto %s snat %s to ct mark & %s map @%s", famName, fam, mt, set.Name),
+			text: fmt.Sprintf("meta nfproto %s snat %s to ct mark & %s map @%s", famName[fam], fam, mt, set.Name),
 			seed: "iptables -t nat -A POSTROUTING -m mark --mark MARK -j SNAT --to-source VIP  (one rule per backend)",
 		}
 	}
 	chains := []chain{
-		mangle(chainPrerouting, nftables.ChainHookPrerouting, "prerouting"),
+		filter(chainPrerouting, nftables.ChainHookPrerouting, "prerouting"),
 		dnat(chainDNAT, nftables.ChainHookPrerouting, "prerouting"),
 		{
 			Chain: nft.Chain{Name: chainSNAT, Hook: &nft.Hook{Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: prioritySrcNAT}},
-			hook:  "type nat hook postrouting priority srcnat; policy accept;",
+			hook:  fmt.Sprintf("type nat hook postrouting priority %d; policy accept;", prioritySrcNAT),
 			rules: []rule{
 				snatRule(nft.IPv4, setSNAT4), snatRule(nft.IPv6, setSNAT6),
 				{
@@ -274,7 +288,7 @@ func baseChains(o Options) []chain {
 	}
 	if o.LocalConnections {
 		chains = append(chains,
-			mangle(chainOutput, nftables.ChainHookOutput, "output"),
+			filter(chainOutput, nftables.ChainHookOutput, "output"),
 			dnat(chainDNATOutput, nftables.ChainHookOutput, "output"))
 	}
 	return chains

@@ -2,32 +2,36 @@ package lb
 
 import (
 	"fmt"
-	"math/big"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/l4nft/l4nft/nft"
 )
 
-func TestCascadeGivesExactShares(t *testing.T) {
-	for _, weights := range [][]int{{1}, {1, 2}, {1, 2, 3, 4}, {1, 1000}, {10000, 1, 7, 7}} {
-		steps := cascade(weights)
-		total := 0
+func TestApportionGivesSharesWithinOneSlot(t *testing.T) {
+	for _, weights := range [][]int{{1}, {1, 2}, {1, 2, 3, 4}, {1, 1000}, {10000, 1, 7, 7}, {1, 1, 1}} {
+		got := apportion(weights, scheduleSlots)
+		total, sum := 0, 0
 		for _, w := range weights {
 			total += w
 		}
-		reach := big.NewRat(1, 1) // probability that a draw reaches step i
-		for i, s := range steps {
-			take := big.NewRat(int64(s.below), int64(s.modulus))
-			got := new(big.Rat).Mul(reach, take)
-			if want := big.NewRat(int64(weights[i]), int64(total)); got.Cmp(want) != 0 {
-				t.Errorf("weights %v: backend %d share = %v, want %v", weights, i, got, want)
+		for i, n := range got {
+			sum += int(n)
+			exact := float64(scheduleSlots) * float64(weights[i]) / float64(total)
+			if d := float64(n) - exact; d <= -1 || d >= 1 || n == 0 {
+				t.Errorf("weights %v: backend %d has %d slots, exact share %.2f", weights, i, n, exact)
 			}
-			reach.Mul(reach, new(big.Rat).Sub(big.NewRat(1, 1), take))
 		}
-		if last := steps[len(steps)-1]; last.below != last.modulus {
-			t.Errorf("weights %v: last step %v must always match", weights, last)
+		if sum != scheduleSlots {
+			t.Errorf("weights %v: %d slots given, want %d", weights, sum, scheduleSlots)
 		}
+	}
+	// A share too small for one slot still gets one.
+	if got := apportion([]int{1, 1 << 30}, 16); got[0] != 1 || got[1] != 15 {
+		t.Errorf("apportion tiny share = %v, want [1 15]", got)
 	}
 }
 
@@ -48,13 +52,14 @@ func installed(t *testing.T, s State, o Options) *Balancer {
 	if err := Validate(s, o); err != nil {
 		t.Fatal(err)
 	}
-	b := &Balancer{opts: o.withDefaults(), installed: newRuleset(), rebuild: true}
-	marks, next := b.allocateMarks(s)
-	b.installed, b.rebuild, b.state, b.marks, b.nextMark = compile(s, b.opts, marks), false, cloneState(s), marks, next
+	b := &Balancer{opts: o.withDefaults()}
+	b.reset()
+	p := b.plan(s)
+	b.farms, b.marks, b.nextMark, b.rebuild, b.state = p.farms, p.marks, p.nextMark, false, cloneState(s)
 	return b
 }
 
-func TestDiffIsProportionalToTheChange(t *testing.T) {
+func TestPlanIsProportionalToTheChange(t *testing.T) {
 	tests := []struct {
 		name         string
 		change       func(s *State)
@@ -62,26 +67,26 @@ func TestDiffIsProportionalToTheChange(t *testing.T) {
 		wantElements int
 	}{
 		{"unchanged", func(s *State) {}, 0, 0},
-		// flush chain + 2 rules + delete and add of the backend's record.
-		{"weight", func(s *State) { s.Farms[500].Backends[0].Weight = 5 }, 5, 2},
-		// the farm chain loses the backend: flush + 1 rule; record replaced.
-		{"drain", func(s *State) { s.Farms[500].Backends[0].State = Drain }, 4, 2},
-		// dnat, masquerade, traffic, record: one add message each; chain rewritten with 3 rules.
+		// The farm's schedule is replaced (2 ranges: 4 elements out, 4
+		// in) and the backend's record changes (1 out, 1 in).
+		{"weight", func(s *State) { s.Farms[500].Backends[0].Weight = 5 }, 4, 10},
+		{"drain", func(s *State) { s.Farms[500].Backends[0].State = Drain }, 4, 8},
+		// Schedule 4 out, 6 in; dnat, masquerade, traffic, record in.
 		{"add backend", func(s *State) {
 			s.Farms[500].Backends = append(s.Farms[500].Backends, Backend{Name: "app2", Address: addr("203.0.113.12"), Weight: 1})
-		}, 8, 4},
-		{"remove backend", func(s *State) { s.Farms[500].Backends = s.Farms[500].Backends[1:] }, 6, 4},
+		}, 6, 14},
+		{"remove backend", func(s *State) { s.Farms[500].Backends = s.Farms[500].Backends[1:] }, 6, 10},
 		{"backend address", func(s *State) { s.Farms[500].Backends[1].Address = addr("203.0.113.99") }, 2, 2},
-		// service element and the farm's 2 backends x 4 elements, chain flushed and deleted.
-		{"remove farm", func(s *State) { s.Farms = append(s.Farms[:500], s.Farms[501:]...) }, 7, 9},
+		// The service, 4 schedule elements, 2 backends x 4.
+		{"remove farm", func(s *State) { s.Farms = append(s.Farms[:500], s.Farms[501:]...) }, 6, 13},
+		{"reorder backends", func(s *State) { slices.Reverse(s.Farms[500].Backends) }, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := farms(1000)
 			b := installed(t, s, Options{})
 			tt.change(&s)
-			marks, _ := b.allocateMarks(s)
-			batch := b.diff(compile(s, b.opts, marks))
+			batch := b.plan(s).batch
 			if err := batch.Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -96,17 +101,17 @@ func TestDiffIsProportionalToTheChange(t *testing.T) {
 func TestMarksAreStableAndNotReusedAtOnce(t *testing.T) {
 	s := farms(2)
 	b := installed(t, s, Options{})
-	before := b.marks[backendKey{"f0", "app1"}]
+	before := b.marks[objectKey{"f0", "app1"}]
 	// Remove f0/app0 and add f1/app2: the new backend must not inherit
 	// app0's mark, whose connections may still be in conntrack.
-	old := b.marks[backendKey{"f0", "app0"}]
+	old := b.marks[objectKey{"f0", "app0"}]
 	s.Farms[0].Backends = s.Farms[0].Backends[1:]
 	s.Farms[1].Backends = append(s.Farms[1].Backends, Backend{Name: "app2", Address: addr("203.0.113.12"), Weight: 1})
 	marks, _ := b.allocateMarks(s)
-	if marks[backendKey{"f0", "app1"}] != before {
-		t.Errorf("f0/app1 changed mark %#x -> %#x", before, marks[backendKey{"f0", "app1"}])
+	if marks[objectKey{"f0", "app1"}] != before {
+		t.Errorf("f0/app1 changed mark %#x -> %#x", before, marks[objectKey{"f0", "app1"}])
 	}
-	if m := marks[backendKey{"f1", "app2"}]; m == old || m&^DefaultMarkMask != 0 || m == 0 {
+	if m := marks[objectKey{"f1", "app2"}]; m == old || m&^DefaultMarkMask != 0 || m == 0 {
 		t.Errorf("new backend got mark %#x (removed backend had %#x; mask %#x)", m, old, DefaultMarkMask)
 	}
 }
@@ -125,12 +130,27 @@ func TestStateSurvivesTheKernelRoundTrip(t *testing.T) {
 	v6.Backends = []Backend{{Name: "a", Address: addr("2001:db8:b::10"), Port: 8443, Weight: 3}}
 	s.Farms = append(s.Farms, v6, Farm{Name: "empty", Address: addr("198.51.100.9"), Ports: []PortRange{Port(9)}})
 	b := installed(t, s, Options{})
-	got, marks, err := stateFromElements(b.installed)
+	kernel := map[string][]nft.Element{}
+	for _, c := range b.farms {
+		for set, es := range c.elements {
+			for _, e := range es {
+				kernel[set] = append(kernel[set], e.Element)
+			}
+		}
+	}
+	a, err := adopt(kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(marks, b.marks) {
-		t.Errorf("marks = %v, want %v", marks, b.marks)
+	if !reflect.DeepEqual(a.marks, b.marks) {
+		t.Errorf("marks = %v, want %v", a.marks, b.marks)
+	}
+	var got State
+	for _, name := range a.order {
+		if a.farms[name].dirty {
+			t.Errorf("farm %s read back dirty", name)
+		}
+		got.Farms = append(got.Farms, a.farms[name].spec)
 	}
 	// The kernel keeps farms and backends sorted by name.
 	want := sortedState(s)
@@ -169,12 +189,12 @@ func TestRenderShowsSeedAndTranslation(t *testing.T) {
 	}
 	for _, want := range []string{
 		"table inet l4nft {",
-		"chain farm_web {",
-		"numgen random mod 3 < 1 ct mark set ct mark & 0x0000ffff | 0x00010000 return comment \"web/app0\"",
-		"# replaces: iptables -t mangle -A PREROUTING -d 198.51.100.250 -m statistic --mode random --probability 0.33333333333 -j MARK --set-mark 0x00010000",
-		"198.51.100.250 . tcp . 443 comment \"farm=web mode=nat scheduler=weight\" : jump farm_web",
-		"0x00010000 comment \"web/app0\" : 203.0.113.10 . 443",
-		"type filter hook prerouting priority mangle; policy accept;",
+		"ct state new ct mark set ct mark . numgen random mod 16777216 map @schedule",
+		"0x00010000 . 0-5592404 comment \"web/app0\" : 0x00020000",
+		"0x00010000 . 5592405-16777215 comment \"web/app1\" : 0x00030000",
+		"198.51.100.250 . tcp . 443 comment \"farm=web mode=nat scheduler=weight\" : 0x00010000",
+		"0x00020000 comment \"web/app0\" : 203.0.113.10 . 443",
+		"type filter hook prerouting priority -199; policy accept;",
 		"dnat ip to ct mark & 0xffff0000 map @dnat4",
 		"ct mark & 0xffff0000 @masq_backends masquerade",
 	} {

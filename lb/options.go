@@ -12,7 +12,7 @@ import (
 const DefaultTable = "l4nft"
 
 // DefaultMarkMask is the conntrack mark bits a Balancer uses when
-// Options.MarkMask is zero: 16 bits, room for 65,535 backends.
+// Options.MarkMask is zero: 16 bits, room for 65,535 farms and backends.
 const DefaultMarkMask uint32 = 0xffff0000
 
 // Options configure a Balancer. The zero value is usable.
@@ -26,7 +26,7 @@ type Options struct {
 	// MarkMask is the contiguous range of conntrack-mark bits the balancer
 	// may use to remember each connection's backend; every other bit of
 	// the mark is preserved, and the packet mark is never written. The
-	// number of backends is limited to 2^bits - 1. Default DefaultMarkMask.
+	// number of farms plus backends is limited to 2^bits - 1. Default DefaultMarkMask.
 	MarkMask uint32
 	// LocalConnections balances connections started on the balancer host
 	// itself (the output hook) as well as those passing through it.
@@ -66,7 +66,8 @@ func (o Options) check() error {
 // markShift and maxBackends describe the mark range.
 func (o Options) markShift() int { return bits.TrailingZeros32(o.MarkMask) }
 
-// MaxBackends is how many backends the mark range can tell apart.
-func (o Options) MaxBackends() int {
+// MaxMarks is how many farms and backends, together, the mark range can
+// tell apart.
+func (o Options) MaxMarks() int {
 	return 1<<bits.OnesCount32(o.withDefaults().MarkMask) - 1
 }

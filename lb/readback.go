@@ -2,6 +2,7 @@ package lb
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,95 +12,116 @@ import (
 	"github.com/l4nft/l4nft/nft"
 )
 
-// readKernel learns what the kernel holds: the elements of every set, the
-// farm chains, and from the elements' comments the State and the marks.
-// It only reads.
+// readKernel learns what the kernel holds: the elements of every set and,
+// from the elements' comments and values, the State and the marks. It
+// only reads. A table that is missing, of another layout, or unreadable is
+// left alone until the next Apply replaces it.
 func (b *Balancer) readKernel(ctx context.Context) error {
+	b.reset()
 	table := b.opts.Table
-	b.installed, b.rebuild, b.state, b.marks, b.nextMark = newRuleset(), true, State{}, map[backendKey]uint32{}, 0
 	exists, err := b.conn.TableExists(table)
 	if err != nil || !exists {
 		return err
 	}
-	schema, err := b.conn.Elements(table, setSchema)
-	if err != nil || len(schema) != 1 || schema[0].Comment != schemaComment(b.opts) {
-		b.opts.Logger.Warn("table has another layout or options; the next apply replaces it", "table", table)
-		return nil
+	if ok, err := b.sameLayout(); err != nil || !ok {
+		if err == nil {
+			b.opts.Logger.Warn("table has another layout or options; the next apply replaces it", "table", table)
+		}
+		return err
 	}
-	inst := newRuleset()
+	kernel := map[string][]nft.Element{}
 	for _, s := range allSets {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		elems, err := b.conn.Elements(table, s)
-		if err != nil {
+		if s.Name == setSchema.Name {
+			continue
+		}
+		if kernel[s.Name], err = b.conn.Elements(table, s); err != nil {
 			return fmt.Errorf("adopting table %s: %w", table, err)
 		}
-		for _, e := range elems {
-			inst.add(s, element{Element: e})
-		}
 	}
-	chains, err := b.conn.Chains(table)
-	if err != nil {
-		return fmt.Errorf("adopting table %s: %w", table, err)
-	}
-	state, marks, err := stateFromElements(inst)
+	a, err := adopt(kernel)
 	if err != nil {
 		b.opts.Logger.Warn("table's contents cannot be read back; the next apply replaces it", "table", table, "err", err)
 		return nil
 	}
-	compiled := compile(state, b.opts, marks)
-	inst.base = compiled.base
-	for _, name := range chains {
-		if !strings.HasPrefix(name, farmChainPrefix) {
-			continue
-		}
-		// The farm chain holds what compile makes of the farm: every
-		// change to it was made by a Balancer in one transaction with the
-		// elements just read. A chain no farm names is deleted by the
-		// next Apply.
-		inst.farms[name] = compiled.farms[name]
+	b.farms, b.orphans, b.marks, b.rebuild = a.farms, a.orphans, a.marks, false
+	for _, name := range a.order {
+		b.state.Farms = append(b.state.Farms, cloneFarm(a.farms[name].spec))
 	}
-	b.installed, b.rebuild, b.state, b.marks = inst, false, state, marks
-	for _, m := range marks {
+	for _, m := range a.marks {
 		b.nextMark = max(b.nextMark, m>>b.opts.markShift())
 	}
 	return nil
 }
 
-// stateFromElements rebuilds the State and marks from the sets' elements.
-func stateFromElements(r ruleset) (State, map[backendKey]uint32, error) {
-	farms := map[string]*Farm{}
+// sameLayout reports whether the table was built by this version with
+// these options: the schema comment and the sets' kinds match. (nft -f of
+// Render's text makes the schedule a concatenation, which loads the same
+// ruleset into another kind of set.)
+func (b *Balancer) sameLayout() (bool, error) {
+	schema, err := b.conn.Elements(b.opts.Table, setSchema)
+	if err != nil || len(schema) != 1 || schema[0].Comment != schemaComment(b.opts) {
+		return false, nil
+	}
+	sets, err := b.conn.Sets(b.opts.Table)
+	if err != nil {
+		return false, err
+	}
+	kinds := map[string]nft.Set{}
+	for _, s := range sets {
+		kinds[s.Name] = s
+	}
+	for _, want := range allSets {
+		have, ok := kinds[want.Name]
+		// (google/nftables v0.3.0 does not read the counter flag back.)
+		if !ok || have.Interval != want.Interval || have.Concat != want.Concat {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// adopted is what adopt makes of a table's elements.
+type adopted struct {
+	farms   map[string]*compiledFarm
+	order   []string
+	marks   map[objectKey]uint32
+	orphans map[string]map[string]element
+}
+
+// adopt rebuilds farms and marks from the sets' elements. Each farm's
+// elements are kept as the kernel has them; a farm whose elements differ
+// from what its spec compiles to is marked dirty.
+func adopt(kernel map[string][]nft.Element) (adopted, error) {
+	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: map[string]map[string]element{}}
+	owner := map[uint32]objectKey{}
+	specs := map[string]*Farm{}
 	protos := map[string]uint8{}
-	for _, set := range []string{setServices4.Name, setServiceRanges4.Name, setServices6.Name, setServiceRanges6.Name} {
-		for _, e := range r.elements[set] {
+	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
+		for _, e := range kernel[set.Name] {
 			kv := parseComment(e.Comment)
 			name := kv["farm"]
-			f := farms[name]
+			f := specs[name]
 			if f == nil {
 				f = &Farm{Name: name}
-				var err error
-				if f.Mode, err = ParseMode(kv["mode"]); err != nil {
-					return State{}, nil, fmt.Errorf("farm %q: %w", name, err)
+				if err := f.parseComment(kv); err != nil {
+					return a, err
 				}
-				if f.Scheduler, err = ParseScheduler(kv["scheduler"]); err != nil {
-					return State{}, nil, fmt.Errorf("farm %q: %w", name, err)
-				}
-				if src, ok := kv["source"]; ok {
-					if f.Source, err = netip.ParseAddr(src); err != nil {
-						return State{}, nil, fmt.Errorf("farm %q: %w", name, err)
-					}
-				}
-				farms[name] = f
+				specs[name] = f
+				id := nft.ParseMark(e.Value)
+				a.marks[objectKey{name, ""}] = id
+				owner[id] = objectKey{name, ""}
 			}
 			addr, proto, first, err := parseServiceKey(e.Key)
 			if err != nil {
-				return State{}, nil, fmt.Errorf("farm %q: %w", name, err)
+				return a, fmt.Errorf("farm %q: %w", name, err)
 			}
 			last := first
 			if len(e.KeyEnd) > 0 {
 				if _, _, last, err = parseServiceKey(e.KeyEnd); err != nil {
-					return State{}, nil, fmt.Errorf("farm %q: %w", name, err)
+					return a, fmt.Errorf("farm %q: %w", name, err)
 				}
 			}
 			f.Address = addr
@@ -109,58 +131,114 @@ func stateFromElements(r ruleset) (State, map[backendKey]uint32, error) {
 			}
 		}
 	}
-	targets := map[string]nft.Element{}
-	for _, set := range []string{setDNAT4.Name, setDNATAddr4.Name, setDNAT6.Name, setDNATAddr6.Name} {
-		for id, e := range r.elements[set] {
-			targets[id] = e.Element
+	targets := map[uint32]nft.Element{}
+	for _, set := range []nft.Set{setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6} {
+		for _, e := range kernel[set.Name] {
+			targets[nft.ParseMark(e.Key)] = e
 		}
 	}
-	marks := map[backendKey]uint32{}
-	for id, e := range r.elements[setBackends.Name] {
+	for _, e := range kernel[setBackends.Name] {
 		kv := parseComment(e.Comment)
 		farmName, name, _ := strings.Cut(kv["backend"], "/")
-		f := farms[farmName]
+		f := specs[farmName]
 		if f == nil {
-			return State{}, nil, fmt.Errorf("backend %q: farm %q has no service", kv["backend"], farmName)
+			continue // an orphan: no service names its farm
 		}
-		be := Backend{Name: name}
-		var err error
-		if be.Weight, err = strconv.Atoi(kv["weight"]); err != nil {
-			return State{}, nil, fmt.Errorf("backend %q: weight: %w", kv["backend"], err)
-		}
-		if be.State, err = ParseBackendState(kv["state"]); err != nil {
-			return State{}, nil, fmt.Errorf("backend %q: %w", kv["backend"], err)
-		}
-		t, ok := targets[id]
-		if !ok {
-			return State{}, nil, fmt.Errorf("backend %q has no dnat target", kv["backend"])
-		}
-		switch len(t.Value) {
-		case 4, 16:
-			be.Address, _ = netip.AddrFromSlice(t.Value)
-		case 8, 20:
-			be.Address, _ = netip.AddrFromSlice(t.Value[:len(t.Value)-4])
-			be.Port = uint16(t.Value[len(t.Value)-4])<<8 | uint16(t.Value[len(t.Value)-3])
-		default:
-			return State{}, nil, fmt.Errorf("backend %q: dnat target of %d bytes", kv["backend"], len(t.Value))
+		m := nft.ParseMark(e.Key)
+		be, err := parseBackend(name, kv, targets[m])
+		if err != nil {
+			return a, fmt.Errorf("backend %q: %w", kv["backend"], err)
 		}
 		f.Backends = append(f.Backends, be)
-		marks[backendKey{farmName, name}] = nft.ParseMark(e.Key)
+		k := objectKey{farmName, name}
+		a.marks[k], owner[m] = m, k
 	}
-	var s State
-	for _, name := range sortedKeys(farms) {
-		f := farms[name]
+	for name, f := range specs {
 		switch protos[name] {
 		case protoBit(protoUDP):
 			f.Protocol = UDP
 		case protoBit(protoTCP) | protoBit(protoUDP):
 			f.Protocol = TCPUDP
 		}
-		slices.SortFunc(f.Ports, func(a, b PortRange) int { return int(a.First) - int(b.First) })
-		slices.SortFunc(f.Backends, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
-		s.Farms = append(s.Farms, *f)
+		slices.SortFunc(f.Ports, func(x, y PortRange) int { return int(x.First) - int(y.First) })
+		slices.SortFunc(f.Backends, func(x, y Backend) int { return strings.Compare(x.Name, y.Name) })
+		a.farms[name] = &compiledFarm{spec: *f, elements: map[string]map[string]element{}}
 	}
-	return s, marks, nil
+	a.order = sortedKeys(specs)
+
+	// Give every element to its farm, by key: a service's comment, a
+	// schedule's farm mark, or a backend's mark.
+	for _, set := range allSets {
+		for _, e := range kernel[set.Name] {
+			var k objectKey
+			var ok bool
+			switch set.Name {
+			case setServices4.Name, setServiceRanges4.Name, setServices6.Name, setServiceRanges6.Name:
+				k, ok = objectKey{parseComment(e.Comment)["farm"], ""}, true
+			case setSchedule.Name:
+				k, ok = owner[binary.BigEndian.Uint32(e.Key)]
+			default:
+				k, ok = owner[nft.ParseMark(e.Key)]
+			}
+			el := element{Element: e}
+			if c := a.farms[k.farm]; ok && c != nil {
+				c.add(set, el)
+				continue
+			}
+			if a.orphans[set.Name] == nil {
+				a.orphans[set.Name] = map[string]element{}
+			}
+			a.orphans[set.Name][elementID(e)] = el
+		}
+	}
+	for _, c := range a.farms {
+		c.dirty = !sameElements(c.elements, compileFarm(c.spec, a.marks).elements)
+	}
+	return a, nil
+}
+
+func (f *Farm) parseComment(kv map[string]string) error {
+	var err error
+	if f.Mode, err = ParseMode(kv["mode"]); err != nil {
+		return fmt.Errorf("farm %q: %w", f.Name, err)
+	}
+	if f.Scheduler, err = ParseScheduler(kv["scheduler"]); err != nil {
+		return fmt.Errorf("farm %q: %w", f.Name, err)
+	}
+	if src, ok := kv["source"]; ok {
+		if f.Source, err = netip.ParseAddr(src); err != nil {
+			return fmt.Errorf("farm %q: source: %w", f.Name, err)
+		}
+	}
+	return nil
+}
+
+func parseBackend(name string, kv map[string]string, target nft.Element) (Backend, error) {
+	be := Backend{Name: name}
+	var err error
+	if be.Weight, err = strconv.Atoi(kv["weight"]); err != nil {
+		return be, fmt.Errorf("weight: %w", err)
+	}
+	if be.State, err = ParseBackendState(kv["state"]); err != nil {
+		return be, err
+	}
+	v := target.Value
+	switch len(v) {
+	case 4, 16:
+		be.Address, _ = netip.AddrFromSlice(v)
+	case 8, 20:
+		be.Address, _ = netip.AddrFromSlice(v[:len(v)-4])
+		be.Port = binary.BigEndian.Uint16(v[len(v)-4:])
+	default:
+		return be, fmt.Errorf("dnat target of %d bytes", len(v))
+	}
+	return be, nil
+}
+
+func sameElements(a, b map[string]map[string]element) bool {
+	del, add := map[string][]nft.Element{}, map[string][]nft.Element{}
+	elementDiff(a, b, del, add)
+	return len(del) == 0 && len(add) == 0
 }
 
 func protoBit(p uint8) uint8 {
@@ -187,5 +265,5 @@ func parseServiceKey(k []byte) (netip.Addr, uint8, uint16, error) {
 	}
 	n := len(k) - 8
 	addr, _ := netip.AddrFromSlice(k[:n])
-	return addr, k[n], uint16(k[n+4])<<8 | uint16(k[n+5]), nil
+	return addr, k[n], binary.BigEndian.Uint16(k[n+4:]), nil
 }

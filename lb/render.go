@@ -9,6 +9,11 @@ import (
 // in nft syntax, each rule commented with the iptables rule of the seed
 // design it replaces. `nft -f` of the text installs an equivalent table
 // (replacing one of the same name) and touches nothing else.
+//
+// One difference is not visible in the text: nft declares the schedule
+// map as a concatenation, which the kernel stores as a pipapo set, where
+// Apply declares the same 8-byte key as one field, stored as an rbtree that
+// loads and changes many times faster. Both match the same elements.
 func Render(s State, opts Options) (string, error) {
 	opts = opts.withDefaults()
 	if err := opts.check(); err != nil {
@@ -19,17 +24,21 @@ func Render(s State, opts Options) (string, error) {
 	}
 	fresh := &Balancer{opts: opts}
 	marks, _ := fresh.allocateMarks(s)
-	return renderRuleset(compile(s, opts, marks), opts), nil
+	farms := map[string]*compiledFarm{}
+	for _, f := range s.Farms {
+		farms[f.Name] = compileFarm(f, marks)
+	}
+	return renderRuleset(opts, farms), nil
 }
 
 // Render returns the installed ruleset in nft syntax, as Render does.
 func (b *Balancer) Render() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return renderRuleset(compile(b.state, b.opts, b.marks), b.opts)
+	return renderRuleset(b.opts, b.farms)
 }
 
-func renderRuleset(r ruleset, o Options) string {
+func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 	var w strings.Builder
 	p := func(indent int, format string, args ...any) {
 		w.WriteString(strings.Repeat("\t", indent))
@@ -40,61 +49,63 @@ func renderRuleset(r ruleset, o Options) string {
 	p(0, "# The seed design (Zevenet L4xNAT, iptables) used, per farm and per backend:")
 	p(0, "#   mangle PREROUTING  CONNMARK --restore-mark; MARK by statistic random; CONNMARK --save-mark")
 	p(0, "#   nat PREROUTING     DNAT by mark;  nat POSTROUTING  SNAT/MASQUERADE by mark (NAT mode)")
-	p(0, "# Here every farm and backend is an element of a shared map, walked by hash lookup,")
-	p(0, "# and each farm has one chain holding the weighted random choice.")
+	p(0, "# Here farms and backends are elements of shared maps: a new connection takes")
+	p(0, "# its farm's mark (one hash lookup), then a backend's mark by a weighted random")
+	p(0, "# slot (one interval lookup); NAT reads the mark from conntrack.")
 	p(0, "# `nft -f` of this file replaces table inet %s and touches nothing else.", o.Table)
 	p(0, "table inet %s", o.Table)
 	p(0, "delete table inet %s", o.Table)
 	p(0, "table inet %s {", o.Table)
-	for _, name := range sortedKeys(r.farms) {
-		renderChain(p, r.farms[name])
-	}
 	for _, s := range allSets {
 		kind := "set"
 		if s.Data.Name != "" {
 			kind = "map"
 		}
 		p(1, "%s %s {", kind, s.Name)
-		typ := "type " + s.Key.Name
-		if s.Data.Name != "" {
-			typ += " : " + s.Data.Name
+		switch {
+		case s.Name == setSchedule.Name:
+			p(2, "typeof ct mark . numgen random mod %d : ct mark", scheduleSlots)
+		case s.Data.Name != "":
+			p(2, "type %s : %s", s.Key.Name, s.Data.Name)
+		default:
+			p(2, "type %s", s.Key.Name)
 		}
-		p(2, "%s", typ)
 		if s.Interval {
 			p(2, "flags interval")
 		}
 		if s.Counter {
 			p(2, "counter")
 		}
-		es := r.elements[s.Name]
-		if len(es) > 0 {
-			lines := make([]string, 0, len(es))
+		var lines []string
+		if s.Name == setSchema.Name {
+			lines = append(lines, schemaElement(o).text)
+		}
+		for _, name := range sortedKeys(farms) {
+			es := farms[name].elements[s.Name]
 			for _, id := range sortedKeys(es) {
-				lines = append(lines, es[id].text)
+				if t := es[id].text; t != "" {
+					lines = append(lines, t)
+				}
 			}
+		}
+		if len(lines) > 0 {
 			p(2, "elements = {")
 			p(3, "%s", strings.Join(lines, ",\n\t\t\t"))
 			p(2, "}")
 		}
 		p(1, "}")
 	}
-	for _, c := range r.base {
-		renderChain(p, c)
+	for _, c := range baseChains(o) {
+		p(1, "chain %s {", c.Name)
+		p(2, "%s", c.hook)
+		for _, r := range c.rules {
+			if r.seed != "" {
+				p(2, "# replaces: %s", r.seed)
+			}
+			p(2, "%s comment %q", r.text, r.Comment)
+		}
+		p(1, "}")
 	}
 	p(0, "}")
 	return w.String()
-}
-
-func renderChain(p func(int, string, ...any), c chain) {
-	p(1, "chain %s {", c.Name)
-	if c.hook != "" {
-		p(2, "%s", c.hook)
-	}
-	for _, r := range c.rules {
-		if r.seed != "" {
-			p(2, "# replaces: %s", r.seed)
-		}
-		p(2, "%s comment %q", r.text, r.Comment)
-	}
-	p(1, "}")
 }

@@ -1,12 +1,13 @@
 package lb
 
 import (
+	"slices"
+
 	"github.com/l4nft/l4nft/nft"
 )
 
 // rule is one rule as l4nft builds it: the expressions sent to the kernel
-// and the same rule in nft syntax. The text is the rule's identity when
-// comparing rulesets and what Render prints.
+// and the same rule in nft syntax, for Render.
 type rule struct {
 	nft.Rule
 	text string
@@ -14,70 +15,72 @@ type rule struct {
 	seed string
 }
 
-// chain is a chain with its rules. hook is the nft syntax of a base
-// chain's hook line; empty for a farm chain.
+// chain is a base chain with its rules; hook is its hook line in nft syntax.
 type chain struct {
 	nft.Chain
 	hook  string
 	rules []rule
 }
 
-// sameRules reports whether two chains hold the same rules.
-func (c chain) sameRules(o chain) bool {
-	if len(c.rules) != len(o.rules) {
-		return false
-	}
-	for i := range c.rules {
-		if c.rules[i].text != o.rules[i].text || c.rules[i].Comment != o.rules[i].Comment {
-			return false
-		}
-	}
-	return true
-}
-
-// element is a set element and, for Render, its nft syntax.
+// element is a set element and, for Render, its nft syntax ("" for the
+// end element of a range, which nft writes as part of the range).
 type element struct {
 	nft.Element
 	text string
 }
 
-// elementID identifies an element within its set: its key.
-func elementID(e nft.Element) string { return string(e.Key) + "\x00" + string(e.KeyEnd) }
+// elementID identifies an element within its set.
+func elementID(e nft.Element) string {
+	id := string(e.Key) + "\x00" + string(e.KeyEnd)
+	if e.IntervalEnd {
+		id += "\x00end"
+	}
+	return id
+}
 
-// sameElement reports whether two elements with the same key are the same.
+// sameElement reports whether two elements with the same ID are the same.
 func sameElement(a, b nft.Element) bool {
-	return string(a.Value) == string(b.Value) && a.Jump == b.Jump && a.Comment == b.Comment
+	return string(a.Value) == string(b.Value) && a.Comment == b.Comment
 }
 
-// ruleset is everything l4nft puts in its table.
-type ruleset struct {
-	// base are the hooked chains, fixed by the options.
-	base []chain
-	// farms are the farm chains by chain name.
-	farms map[string]chain
-	// elements are the elements of each set by set name, then elementID.
-	elements map[string]map[string]element
-}
-
-func newRuleset() ruleset {
-	r := ruleset{farms: map[string]chain{}, elements: map[string]map[string]element{}}
-	for _, s := range allSets {
-		r.elements[s.Name] = map[string]element{}
+// elementDiff adds to del and add what turns have into want, per set.
+func elementDiff(have, want map[string]map[string]element, del, add map[string][]nft.Element) {
+	for set, hs := range have {
+		ws := want[set]
+		for id, h := range hs {
+			if w, ok := ws[id]; !ok || !sameElement(w.Element, h.Element) {
+				del[set] = append(del[set], h.Element)
+			}
+		}
 	}
-	return r
+	for set, ws := range want {
+		hs := have[set]
+		for id, w := range ws {
+			if h, ok := hs[id]; !ok || !sameElement(w.Element, h.Element) {
+				add[set] = append(add[set], w.Element)
+			}
+		}
+	}
 }
 
-func (r ruleset) add(s nft.Set, e element) {
-	r.elements[s.Name][elementID(e.Element)] = e
+// sameFarm reports whether two farms compile to the same elements, marks
+// aside.
+func sameFarm(a, b Farm) bool {
+	return a.Name == b.Name && a.Address == b.Address && a.Protocol == b.Protocol &&
+		a.Mode == b.Mode && a.Scheduler == b.Scheduler && a.Source == b.Source &&
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Backends, b.Backends)
 }
 
-// size counts the elements and farm chain rules, for logs.
-func (r ruleset) size() (elements, farmRules int) {
-	for _, es := range r.elements {
-		elements += len(es)
+func cloneFarm(f Farm) Farm {
+	f.Ports = slices.Clone(f.Ports)
+	f.Backends = slices.Clone(f.Backends)
+	return f
+}
+
+func cloneState(s State) State {
+	out := State{Farms: slices.Clone(s.Farms)}
+	for i := range out.Farms {
+		out.Farms[i] = cloneFarm(out.Farms[i])
 	}
-	for _, c := range r.farms {
-		farmRules += len(c.rules)
-	}
-	return elements, farmRules
+	return out
 }

@@ -10,21 +10,31 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // The table's sets and maps. Farms and backends are elements of these;
-// the only per-farm kernel object is the farm's chain.
+// there is no kernel object per farm.
 var (
 	service4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	service6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	target4  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 	target6  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)
+	// slotKey is 8 bytes, mark . slot, declared as one 64-bit integer:
+	// a concatenated type without the concatenation flag crashes nft 1.0.6
+	// when it lists the table.
+	slotKey = func() nftables.SetDatatype { t := nftables.TypeInteger; t.Bytes = 8; return t }()
 
-	// services: address . protocol . port -> jump to the farm's chain.
-	setServices4      = nft.Set{Name: "services4", Key: service4, Data: nftables.TypeVerdict, Concat: true}
-	setServices6      = nft.Set{Name: "services6", Key: service6, Data: nftables.TypeVerdict, Concat: true}
-	setServiceRanges4 = nft.Set{Name: "service_ranges4", Key: service4, Data: nftables.TypeVerdict, Concat: true, Interval: true}
-	setServiceRanges6 = nft.Set{Name: "service_ranges6", Key: service6, Data: nftables.TypeVerdict, Concat: true, Interval: true}
+	// services: address . protocol . port -> the farm's mark.
+	setServices4      = nft.Set{Name: "services4", Key: service4, Data: nftables.TypeMark, Concat: true}
+	setServices6      = nft.Set{Name: "services6", Key: service6, Data: nftables.TypeMark, Concat: true}
+	setServiceRanges4 = nft.Set{Name: "service_ranges4", Key: service4, Data: nftables.TypeMark, Concat: true, Interval: true}
+	setServiceRanges6 = nft.Set{Name: "service_ranges6", Key: service6, Data: nftables.TypeMark, Concat: true, Interval: true}
+	// schedule: farm mark . random slot -> backend mark. Each available
+	// backend owns a range of its farm's slots sized by its weight. The
+	// 8-byte key is one field to the kernel (not a concatenation), so it
+	// stores the map as an rbtree: loading and changing it cost a fraction
+	// of what the per-field pipapo type costs, and a lookup is O(log n).
+	setSchedule = nft.Set{Name: "schedule", Key: slotKey, Data: nftables.TypeMark, Interval: true}
 	// dnat: backend mark -> address . port (or address alone, keeping the
 	// client's port). The element counters count new connections.
 	setDNAT4     = nft.Set{Name: "dnat4", Key: nftables.TypeMark, Data: target4, Counter: true}
@@ -34,24 +44,28 @@ var (
 	// snat: backend mark -> source address (NAT mode with Farm.Source).
 	setSNAT4 = nft.Set{Name: "snat4", Key: nftables.TypeMark, Data: nftables.TypeIPAddr}
 	setSNAT6 = nft.Set{Name: "snat6", Key: nftables.TypeMark, Data: nftables.TypeIP6Addr}
-	// masquerade: backend marks of NAT-mode farms without a Source.
+	// masq_backends: backend marks of NAT-mode farms without a Source.
 	setMasquerade = nft.Set{Name: "masq_backends", Key: nftables.TypeMark}
 	// traffic: backend marks; the element counters count every packet
 	// and byte of the backend's connections, both directions.
 	setTraffic = nft.Set{Name: "traffic", Key: nftables.TypeMark, Counter: true}
-	// backends: backend mark -> nothing; the comment records the
-	// backend's name, weight and state so a new process can adopt the
-	// table. Kept apart from the counted sets so that changing a weight
-	// does not reset a counter.
+	// backends: every backend mark; the comment records the backend's
+	// name, weight and state so a new process can adopt the table. Kept
+	// apart from the counted sets so that changing a weight does not
+	// reset a counter.
 	setBackends = nft.Set{Name: "backends", Key: nftables.TypeMark}
 	// schema: one element whose comment records the layout version and
 	// the options baked into it.
 	setSchema = nft.Set{Name: "schema", Key: nftables.TypeMark}
 )
 
+// scheduleSlots is the number of slots each farm's weights share. Each
+// backend's share is exact to within 1/scheduleSlots.
+const scheduleSlots = 1 << 24
+
 // allSets is every set of the table, in creation order.
 var allSets = []nft.Set{
-	setServices4, setServiceRanges4, setServices6, setServiceRanges6,
+	setServices4, setServiceRanges4, setServices6, setServiceRanges6, setSchedule,
 	setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
 	setSNAT4, setSNAT6, setMasquerade, setTraffic, setBackends, setSchema,
 }
@@ -68,10 +82,12 @@ const (
 	chainDNAT       = "nat_prerouting"
 	chainDNATOutput = "nat_output"
 	chainSNAT       = "nat_postrouting"
-	farmChainPrefix = "farm_"
-	priorityMangle  = nftables.ChainPriority(-150)
+	// priorityChoose runs right after conntrack (-200) has created the
+	// connection's entry, before any mangle-priority user of the mark can
+	// have written to it: a new connection's mark is still 0 there
+	// (helpers' expected connections aside), so setting the whole mark
+	// sets l4nft's bits and keeps everyone else's.
+	priorityChoose  = nftables.ChainPriority(-199)
 	priorityDstNAT  = nftables.ChainPriority(-100)
 	prioritySrcNAT  = nftables.ChainPriority(100)
 )
-
-func farmChain(farm string) string { return farmChainPrefix + farm }

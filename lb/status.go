@@ -71,7 +71,7 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 		fs := FarmStatus{Farm: f}
 		fs.Farm.Backends = nil
 		for _, be := range f.Backends {
-			m := b.marks[backendKey{f.Name, be.Name}]
+			m := b.marks[objectKey{f.Name, be.Name}]
 			c := get(m)
 			fs.Backends = append(fs.Backends, BackendStatus{Backend: be, Mark: m, Connections: c.conns, Packets: c.packets, Bytes: c.bytes})
 			fs.Connections += c.conns

@@ -172,9 +172,10 @@ func Validate(s State, opts Options) error {
 			total++
 		}
 	}
-	if max := opts.MaxBackends(); total > max {
+	if max := opts.MaxMarks(); total+len(s.Farms) > max {
 		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "farms",
-			Message: fmt.Sprintf("%d backends in all, but mark mask %s can tell only %d apart; widen Options.MarkMask", total, markText(opts.MarkMask), max)})
+			Message: fmt.Sprintf("%d farms and %d backends need a mark each, but mark mask %s has only %d; widen Options.MarkMask",
+				len(s.Farms), total, markText(opts.MarkMask), max)})
 	}
 	return v.err()
 }

@@ -59,7 +59,7 @@ func TestValidateNamesFieldOfEveryProblem(t *testing.T) {
 			s.Farms[1].Address = s.Farms[0].Address
 			s.Farms[0].Ports = []PortRange{{400, 500}}
 		}, Options{}, `farms[api].ports: 198.51.100.250 tcp port 443 is already served by farm "web" (farms[0]) port 400-500`},
-		{"too many backends", func(s *State) {}, Options{MarkMask: 0x3}, "farms: 4 backends in all, but mark mask 0x00000003 can tell only 3 apart"},
+		{"too many marks", func(s *State) {}, Options{MarkMask: 0x3}, "farms: 2 farms and 4 backends need a mark each, but mark mask 0x00000003 has only 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,8 +108,8 @@ func TestOptionsRejectNonContiguousMask(t *testing.T) {
 			t.Errorf("mask %#x: check() = %v, want ErrInvalid", m, err)
 		}
 	}
-	if got := (Options{MarkMask: 0x00ff0000}).MaxBackends(); got != 255 {
-		t.Errorf("MaxBackends() = %d, want 255", got)
+	if got := (Options{MarkMask: 0x00ff0000}).MaxMarks(); got != 255 {
+		t.Errorf("MaxMarks() = %d, want 255", got)
 	}
 }
 

@@ -147,7 +147,9 @@ type Set struct {
 	// Interval lets elements be ranges (KeyEnd in Element).
 	Interval bool
 	// Concat marks Key as a concatenation. With Interval it selects the
-	// kernel's pipapo set type, which matches ranges per field.
+	// kernel's pipapo set type, which matches ranges per field; without
+	// Concat an Interval set is an rbtree, which compares whole keys
+	// byte by byte.
 	Concat bool
 	// Counter gives every element a packet and byte counter that any
 	// lookup matching the element updates.
@@ -182,8 +184,12 @@ type Element struct {
 	// addresses and ports, host order for marks; concatenated fields are
 	// each padded to 4 bytes.
 	Key []byte
-	// KeyEnd is the last key of a range, for Interval sets.
+	// KeyEnd is the last key of a range, for Interval sets with Concat.
 	KeyEnd []byte
+	// IntervalEnd marks the element that ends a range, for Interval sets
+	// without Concat: there a range from a to b is the element a (with the
+	// value) and the end element b+1.
+	IntervalEnd bool
 	// Value is the data of a map element.
 	Value []byte
 	// Jump, for a verdict map, names the chain to jump to.
@@ -200,7 +206,7 @@ func (e Element) size() int {
 }
 
 func (e Element) nft() nftables.SetElement {
-	ne := nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment}
+	ne := nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
 	if e.Jump != "" {
 		ne.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: e.Jump}
 	}
@@ -239,7 +245,7 @@ func (b *Batch) DeleteElements(s Set, elems []Element) {
 	ns := b.ref(s)
 	keys := make([]Element, len(elems))
 	for i, e := range elems {
-		keys[i] = Element{Key: e.Key, KeyEnd: e.KeyEnd} // the kernel deletes by key
+		keys[i] = Element{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd} // the kernel deletes by key
 	}
 	for _, chunk := range chunks(keys) {
 		b.add(1, func(n *nftables.Conn) error { return n.SetDeleteElements(ns, chunk) })

@@ -100,28 +100,60 @@ func MatchCtMarkUnset(mask uint32) []expr.Any {
 	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: Mark(0)})
 }
 
-// SetCtMark sets the bits of mask in the connection's mark to value and
-// keeps every other bit: ct mark set ct mark & ^mask | value. It is the
-// MARK --set-mark plus CONNMARK --save-mark of the seed design in one step.
-// value must lie within mask.
-func SetCtMark(mask, value uint32) []expr.Any {
+// MatchCtMark matches connections whose whole mark is m (ct mark == m).
+func MatchCtMark(m uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
-		// (mark & ^mask) ^ value == (mark & ^mask) | value, as value ⊆ mask.
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: Mark(^mask), Xor: Mark(value)},
-		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: Mark(m)},
 	}
 }
 
-// RandomBelow matches with probability k/n: numgen random mod n < k. It is
-// the seed's `statistic --mode random --probability k/n`, exact for
-// integer weights. 0 < k < n.
-func RandomBelow(n, k uint32) []expr.Any {
+// MatchCtMarkSet matches connections with any of mask's bits set in their
+// mark (ct mark & mask != 0).
+func MatchCtMarkSet(mask uint32) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(0)})
+}
+
+// MatchCtMarkNotIn matches connections whose ct mark & mask is not an
+// element of set: ct mark & mask != @set.
+func MatchCtMarkNotIn(mask uint32, set string) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Lookup{SourceRegister: reg1, SetName: set, Invert: true})
+}
+
+// SetCtMarkFromService sets the connection's mark to what map set holds
+// for the packet's destination address . protocol . port:
+// ct mark set ip daddr . meta l4proto . th dport map @set.
+func SetCtMarkFromService(f Family, set string) []expr.Any {
+	exprs := loadService(f)
+	return append(exprs,
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true})
+}
+
+// ScheduleKey returns the key of a ScheduleSet element: mark . slot, both
+// big-endian, as SetCtMarkFromSchedule builds it.
+func ScheduleKey(mark, slot uint32) []byte {
+	return binary.BigEndian.AppendUint32(be32(mark), slot)
+}
+
+// SetCtMarkFromSchedule draws a random slot in [0, modulus) and sets the
+// connection's mark to what map set holds for the current mark . slot:
+// ct mark set ct mark . numgen random mod modulus map @set. With the
+// current mark naming a farm and the map holding, per farm, slot ranges
+// sized by weight, it is a weighted random choice of backend in one
+// lookup, the `statistic --mode random` cascade of the seed design.
+//
+// The key is 8 bytes, both parts big-endian so that the kernel's byte-wise
+// comparison of an interval set orders them as numbers; mark and numgen
+// produce host order, hence the two conversions.
+func SetCtMarkFromSchedule(set string, modulus uint32) []expr.Any {
 	return []expr.Any{
-		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
-		// numgen writes host order; cmp compares bytes, so convert first.
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
 		&expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4},
-		&expr.Cmp{Op: expr.CmpOpLt, Register: reg1, Data: be32(k)},
+		&expr.Numgen{Register: reg32(1), Modulus: modulus, Type: unix.NFT_NG_RANDOM},
+		&expr.Byteorder{SourceRegister: reg32(1), DestRegister: reg32(1), Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
 	}
 }
 
@@ -144,10 +176,9 @@ func ServiceKey(addr netip.Addr, proto uint8, port uint16) []byte {
 	return k
 }
 
-// DispatchService jumps as the verdict map set says for the packet's
-// destination address . protocol . port:
-// ip daddr . meta l4proto . th dport vmap @set.
-func DispatchService(f Family, set string) []expr.Any {
+// loadService loads ip daddr . meta l4proto . th dport into consecutive
+// registers from NFT_REG_1, the layout of ServiceKey.
+func loadService(f Family) []expr.Any {
 	n := f.addrLen() / 4
 	daddr := uint32(16) // offset in the IPv4 header
 	if f == IPv6 {
@@ -157,7 +188,6 @@ func DispatchService(f Family, set string) []expr.Any {
 		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: uint32(f.addrLen())},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(n)},
 		&expr.Payload{DestRegister: reg32(n + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: 0},
 	}
 }
 
@@ -203,9 +233,6 @@ func MasqueradeByMark(mask uint32, set string) []expr.Any {
 		&expr.Lookup{SourceRegister: reg1, SetName: set},
 		&expr.Masq{})
 }
-
-// Return ends the current chain and resumes after the jump that led here.
-func Return() expr.Any { return &expr.Verdict{Kind: expr.VerdictReturn} }
 
 // RejectTCPReset answers a TCP packet with a reset.
 func RejectTCPReset() expr.Any { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }

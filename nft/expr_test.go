@@ -11,44 +11,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestSetCtMarkKeepsForeignBits(t *testing.T) {
-	// ct mark set ct mark & 0x0000ffff | 0x00020000
-	got := SetCtMark(0xffff0000, 0x00020000)
+func TestSetCtMarkFromScheduleBuildsBigEndianKey(t *testing.T) {
+	got := SetCtMarkFromSchedule("sched", 1<<24)
 	want := []expr.Any{
 		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: Mark(0x0000ffff), Xor: Mark(0x00020000)},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Numgen{Register: unix.NFT_REG32_01, Modulus: 1 << 24, Type: unix.NFT_NG_RANDOM},
+		&expr.Byteorder{SourceRegister: unix.NFT_REG32_01, DestRegister: unix.NFT_REG32_01, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: "sched", IsDestRegSet: true, DestRegister: 1},
 		&expr.Ct{Register: 1, Key: expr.CtKeyMARK, SourceRegister: true},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("SetCtMark() mismatch (-want +got):\n%s", diff)
+		t.Errorf("SetCtMarkFromSchedule() mismatch (-want +got):\n%s", diff)
 	}
-	// Evaluate the bitwise step as the kernel does on a mark with foreign bits.
-	bw := got[1].(*expr.Bitwise)
-	foreign := uint32(0x0000beef)
-	reg := Mark(foreign)
-	for i := range reg {
-		reg[i] = reg[i]&bw.Mask[i] ^ bw.Xor[i]
-	}
-	if m := ParseMark(reg); m != 0x0002beef {
-		t.Errorf("mark after set = %#x, want 0x0002beef", m)
-	}
-}
-
-func TestRandomBelowComparesBigEndian(t *testing.T) {
-	got := RandomBelow(3, 1)
-	if len(got) != 3 {
-		t.Fatalf("got %d expressions, want numgen, byteorder, cmp", len(got))
-	}
-	ng := got[0].(*expr.Numgen)
-	if ng.Modulus != 3 || ng.Type != unix.NFT_NG_RANDOM {
-		t.Errorf("numgen = %+v, want random mod 3", ng)
-	}
-	if bo := got[1].(*expr.Byteorder); bo.Op != expr.ByteorderHton || bo.Len != 4 || bo.Size != 4 {
-		t.Errorf("byteorder = %+v, want hton len 4 size 4", bo)
-	}
-	c := got[2].(*expr.Cmp)
-	if c.Op != expr.CmpOpLt || !bytes.Equal(c.Data, []byte{0, 0, 0, 1}) {
-		t.Errorf("cmp = %+v, want lt 00000001", c)
+	if k := ScheduleKey(0x00050000, 258); !bytes.Equal(k, []byte{0, 5, 0, 0, 0, 0, 1, 2}) {
+		t.Errorf("ScheduleKey = %x", k)
 	}
 }
 
@@ -102,7 +79,7 @@ func TestDispatchServiceRegisters(t *testing.T) {
 		{IPv4, unix.NFT_REG32_01, unix.NFT_REG32_02, 16},
 		{IPv6, unix.NFT_REG32_04, unix.NFT_REG32_05, 24},
 	} {
-		e := DispatchService(tt.fam, "s")
+		e := SetCtMarkFromService(tt.fam, "s")
 		if p := e[0].(*expr.Payload); p.Offset != tt.daddr || p.DestRegister != unix.NFT_REG_1 {
 			t.Errorf("%v: daddr load = %+v", tt.fam, p)
 		}

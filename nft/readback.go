@@ -53,23 +53,26 @@ func (c *Conn) Chains(table string) ([]string, error) {
 	return names, nil
 }
 
-// Sets returns the names of the sets and maps of the inet table.
-func (c *Conn) Sets(table string) ([]string, error) {
-	var names []string
+// Sets returns the sets and maps of the inet table: names, types and
+// the Interval and Concat flags.
+func (c *Conn) Sets(table string) ([]Set, error) {
+	var out []Set
 	err := c.use(func(n *nftables.Conn) error {
 		sets, err := n.GetSets(&nftables.Table{Name: table, Family: nftables.TableFamilyINet})
 		if err != nil {
 			return err
 		}
 		for _, s := range sets {
-			names = append(names, s.Name)
+			// Counter is not read back by google/nftables v0.3.0.
+			out = append(out, Set{Name: s.Name, Key: s.KeyType, Data: s.DataType,
+				Interval: s.Interval, Concat: s.Concatenation})
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, &OpError{Op: "list sets", Object: "table " + table, Err: notExist(err)}
 	}
-	return names, nil
+	return out, nil
 }
 
 // Elements returns the elements of a set with their comments, values (or
@@ -85,7 +88,7 @@ func (c *Conn) Elements(table string, set Set) ([]Element, error) {
 		}
 		out = make([]Element, 0, len(elems))
 		for _, e := range elems {
-			el := Element{Key: e.Key, KeyEnd: e.KeyEnd, Value: e.Val, Comment: e.Comment}
+			el := Element{Key: e.Key, KeyEnd: e.KeyEnd, Value: e.Val, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
 			if set.Data.Name == nftables.TypeVerdict.Name {
 				// google/nftables v0.3.0 returns a verdict as its raw
 				// attributes in Val.
