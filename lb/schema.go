@@ -87,7 +87,7 @@ const (
 	// have written to it: a new connection's mark is still 0 there
 	// (helpers' expected connections aside), so setting the whole mark
 	// sets l4nft's bits and keeps everyone else's.
-	priorityChoose  = nftables.ChainPriority(-199)
-	priorityDstNAT  = nftables.ChainPriority(-100)
-	prioritySrcNAT  = nftables.ChainPriority(100)
+	priorityChoose = nftables.ChainPriority(-199)
+	priorityDstNAT = nftables.ChainPriority(-100)
+	prioritySrcNAT = nftables.ChainPriority(100)
 )
