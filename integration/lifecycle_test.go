@@ -5,6 +5,7 @@ import (
 
 	"github.com/l4nft/l4nft/integration/testbed"
 	"github.com/l4nft/l4nft/lb"
+	"github.com/l4nft/l4nft/nft"
 )
 
 // Established connections keep their backend whatever happens to the
@@ -132,4 +133,48 @@ func TestRemoveFarmAndRemoveAll(t *testing.T) {
 	if _, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 443)); err == nil {
 		t.Error("farm answered after Remove")
 	}
+}
+
+// Each change of a farm's weights installs a new schedule and leaves the
+// old one for Collect, which deletes all of them in one batch; traffic
+// follows the newest weights throughout.
+func TestOldSchedulesAreCollected(t *testing.T) {
+	bed := mustBed(t, testbed.Options{})
+	b := mustOpen(t, bed, lb.Options{})
+	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+	mustApply(t, b, s)
+	countSchedule := func() int {
+		t.Helper()
+		conn, err := nft.Open(nft.NetNSFd(bed.Balancer.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		es, err := conn.Elements("l4nft", nft.Set{Name: "schedule"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(es)
+	}
+	for w := 2; w <= 5; w++ {
+		s.Farms[0].Backends[0].Weight = w
+		mustApply(t, b, s)
+	}
+	if got := countSchedule(); got != 5*4 {
+		t.Errorf("schedule holds %d elements after 4 changes, want 20 (5 generations)", got)
+	}
+	assertSplit(t, bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
+
+	// A new process adopts the old generations as garbage too.
+	b2 := mustOpen(t, bed, lb.Options{})
+	if err := b2.Collect(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := countSchedule(); got != 4 {
+		t.Errorf("schedule holds %d elements after Collect, want 4", got)
+	}
+	if res := mustApply(t, b2, s); res.Changed {
+		t.Errorf("re-applying after Collect sent %d messages", res.Messages)
+	}
+	assertSplit(t, bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
 }

@@ -24,21 +24,24 @@ type Balancer struct {
 	// What the kernel holds, as far as this Balancer knows: read once by
 	// Open, then kept up to date by every successful commit.
 	farms map[string]*compiledFarm
-	// orphans are elements found in the kernel that belong to no farm;
-	// the next Apply deletes them.
-	orphans map[string]map[string]element
+	// order is the farms' names in the order last applied.
+	order []string
+	marks *markTable
+	// garbage are elements no farm uses any more, deleted by Collect:
+	// old schedule generations, and whatever an adopted table held that
+	// no farm claims. garbageMarks are the farm marks they hold on to.
+	garbage      map[string]map[string]element
+	garbageMarks []uint32
 	// rebuild says the table is missing or has another layout: the next
 	// Apply replaces it whole, in one transaction.
 	rebuild bool
-	// state is the installed State, farms in the order last applied.
-	state State
-	// marks of the installed farms and backends.
-	marks map[objectKey]uint32
-	// nextMark is where the search for a free mark index starts, so that
-	// a removed backend's mark is not reused at once while conntrack
-	// entries may still carry it.
-	nextMark uint32
 }
+
+// collectAfter is the number of garbage elements after which Apply runs
+// Collect by itself. Deleting from the schedule's rbtree costs the kernel a
+// walk of the set whatever the number deleted (about 10 ms at 10,000
+// farms), so deletions are batched rather than paid on every change.
+const collectAfter = 4096
 
 // Open connects to the namespace in opts and adopts the table if it
 // exists: the installed farms become the Balancer's state and nothing is
@@ -76,7 +79,15 @@ func (b *Balancer) Options() Options { return b.opts }
 func (b *Balancer) State() State {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return cloneState(b.state)
+	return b.state()
+}
+
+func (b *Balancer) state() State {
+	s := State{Farms: make([]Farm, 0, len(b.order))}
+	for _, name := range b.order {
+		s.Farms = append(s.Farms, cloneFarm(b.farms[name].spec))
+	}
+	return s
 }
 
 // Result describes what an Apply sent to the kernel.
@@ -98,7 +109,7 @@ type Result struct {
 // touching the kernel. Otherwise it sends the difference between what is
 // installed and s as one atomic batch: if the kernel rejects it, nothing
 // changed. Applying what is installed sends nothing; changing one backend
-// sends that backend's elements and, at most, its farm's schedule.
+// sends that backend's elements and, at most, a new schedule for its farm.
 func (b *Balancer) Apply(ctx context.Context, s State) (Result, error) {
 	if err := Validate(s, b.opts); err != nil {
 		return Result{}, err
@@ -110,41 +121,57 @@ func (b *Balancer) Apply(ctx context.Context, s State) (Result, error) {
 
 // plan is the outcome of comparing a desired State with what is installed.
 type plan struct {
-	farms    map[string]*compiledFarm
-	marks    map[objectKey]uint32
-	nextMark uint32
-	batch    *nft.Batch
-	// cut are the backends that took traffic and are removed or Down.
+	marks *marks
+	// changed are the farms to install; nil for a farm to remove.
+	changed      map[string]*compiledFarm
+	garbage      map[string]map[string]element
+	garbageMarks []uint32
+	batch        *nft.Batch
+	// cut are the backends that took traffic and are removed or Down,
+	// with their marks.
 	cut map[objectKey]uint32
 }
 
+// errMarksExhausted is returned by plan when the marks held by garbage are
+// needed: Collect frees them.
+var errMarksExhausted = errors.New("every conntrack mark is in use")
+
 func (b *Balancer) apply(ctx context.Context, s State) (Result, error) {
-	p := b.plan(s)
+	p, err := b.plan(s)
+	if errors.Is(err, errMarksExhausted) && len(b.garbageMarks) > 0 {
+		if err := b.collect(ctx); err != nil {
+			return Result{}, err
+		}
+		p, err = b.plan(s)
+	}
+	if err != nil {
+		return Result{}, fmt.Errorf("applying %d farms to table %s: %w", len(s.Farms), b.opts.Table, err)
+	}
 	res := Result{Rebuilt: b.rebuild, Messages: p.batch.Messages(), Elements: p.batch.Elements()}
 	if p.batch.Empty() {
-		b.state = cloneState(s)
+		b.setOrder(s)
 		return res, nil
 	}
 	start := time.Now()
-	err := b.conn.Commit(ctx, p.batch)
+	err = b.conn.Commit(ctx, p.batch)
 	res.Duration = time.Since(start)
 	if errors.Is(err, nft.ErrStateUnknown) {
 		// The kernel may have committed; find out.
 		if rerr := b.readKernel(ctx); rerr != nil {
 			return res, fmt.Errorf("%w (and reading the kernel back failed: %w)", err, rerr)
 		}
-		if !b.plan(s).batch.Empty() {
+		if again, perr := b.plan(s); perr != nil || !again.batch.Empty() {
 			return res, err
 		}
 		err = nil
+		p = &plan{changed: map[string]*compiledFarm{}, marks: b.marks.begin()}
 	}
 	if err != nil {
 		return res, fmt.Errorf("applying %d farms to table %s: %w", len(s.Farms), b.opts.Table, err)
 	}
 	res.Changed = true
-	b.farms, b.marks, b.nextMark = p.farms, p.marks, p.nextMark
-	b.orphans, b.rebuild = nil, false
-	b.state = cloneState(s)
+	b.commit(p)
+	b.setOrder(s)
 	b.opts.Logger.Info("applied", "table", b.opts.Table, "farms", len(s.Farms),
 		"messages", res.Messages, "elements", res.Elements, "rebuilt", res.Rebuilt, "duration", res.Duration)
 	if b.opts.FlushConntrack && len(p.cut) > 0 {
@@ -158,93 +185,221 @@ func (b *Balancer) apply(ctx context.Context, s State) (Result, error) {
 		}
 		b.opts.Logger.Info("cut connections", "backends", res.FlushedConntrack)
 	}
+	if b.garbageSize() >= collectAfter {
+		if err := b.collect(ctx); err != nil {
+			b.opts.Logger.Warn("collecting unused elements failed; will retry", "err", err)
+		}
+	}
 	return res, nil
 }
 
+// commit records a committed plan as installed.
+func (b *Balancer) commit(p *plan) {
+	for name, c := range p.changed {
+		if c == nil {
+			delete(b.farms, name)
+		} else {
+			b.farms[name] = c
+		}
+	}
+	p.marks.commit()
+	if b.rebuild {
+		// A rebuilt table holds no garbage.
+		for _, m := range b.garbageMarks {
+			delete(b.marks.used, m)
+		}
+		b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
+	}
+	for set, es := range p.garbage {
+		if b.garbage[set] == nil {
+			b.garbage[set] = map[string]element{}
+		}
+		maps.Copy(b.garbage[set], es)
+	}
+	b.garbageMarks = append(b.garbageMarks, p.garbageMarks...)
+	b.rebuild = false
+}
+
+func (b *Balancer) setOrder(s State) {
+	if len(s.Farms) == len(b.order) {
+		same := true
+		for i, f := range s.Farms {
+			if b.order[i] != f.Name {
+				same = false
+				break
+			}
+		}
+		if same {
+			return
+		}
+	}
+	b.order = make([]string, len(s.Farms))
+	for i, f := range s.Farms {
+		b.order[i] = f.Name
+	}
+}
+
 // plan compiles the farms that changed and queues the difference. It
-// does not change b. Work is proportional to the number of farms (a
-// comparison each) plus the size of what changed.
-func (b *Balancer) plan(s State) plan {
-	p := plan{farms: make(map[string]*compiledFarm, len(s.Farms)), cut: map[objectKey]uint32{}}
-	p.marks, p.nextMark = b.allocateMarks(s)
+// does not change b. Its cost is a comparison per farm plus the size of
+// what changed.
+func (b *Balancer) plan(s State) (*plan, error) {
+	p := &plan{
+		marks:   b.marks.begin(),
+		changed: map[string]*compiledFarm{},
+		garbage: map[string]map[string]element{},
+		cut:     map[objectKey]uint32{},
+	}
 	del, add := map[string][]nft.Element{}, map[string][]nft.Element{}
-	empty := map[string]map[string]element{}
+	present := 0
 	for _, f := range s.Farms {
 		old := b.farms[f.Name]
+		if old != nil {
+			present++
+		}
 		if old != nil && !old.dirty && !b.rebuild && sameFarm(old.spec, f) {
-			p.farms[f.Name] = old
 			continue
 		}
-		c := compileFarm(f, p.marks)
-		p.farms[f.Name] = c
+		farmKey := objectKey{f.Name, ""}
+		if _, ok := p.marks.ensure(farmKey); !ok {
+			return nil, errMarksExhausted
+		}
+		for _, be := range f.Backends {
+			if _, ok := p.marks.ensure(objectKey{f.Name, be.Name}); !ok {
+				return nil, errMarksExhausted
+			}
+		}
+		c := compileFarm(f, p.marks, false)
+		p.changed[f.Name] = c
 		if b.rebuild {
 			continue
 		}
-		have := empty
+		have := map[string]map[string]element{}
 		if old != nil {
+			b.releaseBackends(p, old.spec, &f)
 			have = old.elements
-			b.cutBackends(old.spec, &f, p.cut)
+			if len(have[setSchedule.Name]) > 0 && !sameSetElements(have[setSchedule.Name], c.elements[setSchedule.Name]) {
+				// A new schedule generation: the farm takes a new mark
+				// and its old schedule stays until Collect deletes it,
+				// so that this change costs the rbtree an insertion only.
+				p.garbageMarks = append(p.garbageMarks, p.marks.get(farmKey))
+				if _, ok := p.marks.renew(farmKey); !ok {
+					return nil, errMarksExhausted
+				}
+				c = compileFarm(f, p.marks, false)
+				p.changed[f.Name] = c
+				p.garbage[setSchedule.Name] = have[setSchedule.Name]
+				have = maps.Clone(have)
+				delete(have, setSchedule.Name)
+			}
 		}
-		want := c.elements
-		if have[setSchedule.Name] != nil && !sameElements(
-			map[string]map[string]element{"": have[setSchedule.Name]},
-			map[string]map[string]element{"": want[setSchedule.Name]}) {
-			// Replace the farm's schedule whole. Moving one boundary in
-			// place would insert a range end inside what is, between the
-			// deletes and the adds, one range: the kernel calls that an
-			// overlap.
-			want = maps.Clone(want)
-			want[setSchedule.Name] = renamed(want[setSchedule.Name])
-		}
-		elementDiff(have, want, del, add)
+		elementDiff(have, c.elements, del, add)
 	}
-	if !b.rebuild {
+	if !b.rebuild && present != len(b.farms) {
+		names := make(map[string]bool, len(s.Farms))
+		for _, f := range s.Farms {
+			names[f.Name] = true
+		}
 		for name, old := range b.farms {
-			if _, ok := p.farms[name]; !ok {
-				elementDiff(old.elements, empty, del, add)
-				b.cutBackends(old.spec, nil, p.cut)
+			if names[name] {
+				continue
 			}
+			p.changed[name] = nil
+			b.releaseBackends(p, old.spec, nil)
+			p.marks.drop(objectKey{name, ""})
+			have := old.elements
+			if sched := have[setSchedule.Name]; len(sched) > 0 {
+				p.garbage[setSchedule.Name] = sched
+				p.garbageMarks = append(p.garbageMarks, b.marks.owner[objectKey{name, ""}])
+				have = maps.Clone(have)
+				delete(have, setSchedule.Name)
+			} else {
+				p.marks.release(b.marks.owner[objectKey{name, ""}])
+			}
+			elementDiff(have, nil, del, add)
 		}
-		elementDiff(b.orphans, empty, del, add)
 	}
-	batch := nft.NewBatch(b.opts.Table)
+	p.batch = nft.NewBatch(b.opts.Table)
 	if b.rebuild {
-		buildAll(batch, b.opts, p.farms)
-	} else {
-		for _, set := range allSets {
-			if len(del[set.Name]) > 0 {
-				// In key order: an rbtree refuses to delete a range's
-				// start after its end (ENOENT).
-				batch.DeleteElements(set, sortElements(del[set.Name]))
-			}
-		}
-		for _, set := range allSets {
-			if len(add[set.Name]) > 0 {
-				batch.AddElements(set, sortElements(add[set.Name]))
-			}
+		buildAll(p.batch, b.opts, p.changed)
+		return p, nil
+	}
+	for _, set := range allSets {
+		if len(del[set.Name]) > 0 {
+			p.batch.DeleteElements(set, sortElements(del[set.Name]))
 		}
 	}
-	p.batch = batch
-	return p
+	for _, set := range allSets {
+		if len(add[set.Name]) > 0 {
+			p.batch.AddElements(set, sortElements(add[set.Name]))
+		}
+	}
+	return p, nil
 }
 
-// cutBackends records the backends of old that took traffic and are
-// removed or Down in now (nil: the farm is removed).
-func (b *Balancer) cutBackends(old Farm, now *Farm, cut map[objectKey]uint32) {
+// releaseBackends frees the marks of the backends of old that are gone in
+// now (nil: the farm is removed), and records the connections to cut:
+// those of backends that took traffic and are gone or Down.
+func (b *Balancer) releaseBackends(p *plan, old Farm, now *Farm) {
 	for _, be := range old.Backends {
-		if be.State == Down {
-			continue
-		}
-		gone := true
+		k := objectKey{old.Name, be.Name}
+		state, still := Down, false
 		if now != nil {
 			if i := slices.IndexFunc(now.Backends, func(x Backend) bool { return x.Name == be.Name }); i >= 0 {
-				gone = now.Backends[i].State == Down
+				state, still = now.Backends[i].State, true
 			}
 		}
-		if k := (objectKey{old.Name, be.Name}); gone {
-			cut[k] = b.marks[k]
+		m := b.marks.owner[k]
+		if be.State != Down && state == Down {
+			p.cut[k] = m
+		}
+		if !still {
+			p.marks.drop(k)
+			p.marks.release(m)
 		}
 	}
+}
+
+func (b *Balancer) garbageSize() int {
+	n := 0
+	for _, es := range b.garbage {
+		n += len(es)
+	}
+	return n
+}
+
+// Collect deletes the elements no farm uses any more (old schedule
+// generations, and what an adopted table held that no farm claims) in one
+// batch, and frees their marks. Apply calls it once enough garbage has
+// built up; an idle caller may call it any time.
+func (b *Balancer) Collect(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.collect(ctx)
+}
+
+func (b *Balancer) collect(ctx context.Context) error {
+	if b.rebuild || b.garbageSize() == 0 {
+		return nil
+	}
+	batch := nft.NewBatch(b.opts.Table)
+	for _, set := range allSets {
+		var es []nft.Element
+		for _, e := range b.garbage[set.Name] {
+			es = append(es, e.Element)
+		}
+		if len(es) > 0 {
+			batch.DeleteElements(set, sortElements(es))
+		}
+	}
+	if err := b.conn.Commit(ctx, batch); err != nil {
+		return fmt.Errorf("collecting %d unused elements of table %s: %w", batch.Elements(), b.opts.Table, err)
+	}
+	for _, m := range b.garbageMarks {
+		delete(b.marks.used, m)
+	}
+	b.opts.Logger.Info("collected unused elements", "table", b.opts.Table, "elements", batch.Elements())
+	b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
+	return nil
 }
 
 // buildAll queues the whole ruleset, replacing the table if it exists.
@@ -256,8 +411,8 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 		batch.AddSet(s)
 	}
 	elems := map[string][]nft.Element{setSchema.Name: {schemaElement(o).Element}}
-	for _, name := range sortedKeys(farms) {
-		for set, es := range farms[name].elements {
+	for _, c := range farms {
+		for set, es := range c.elements {
 			for _, e := range es {
 				elems[set] = append(elems[set], e.Element)
 			}
@@ -280,7 +435,7 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 func (b *Balancer) RemoveFarm(ctx context.Context, name string) (Result, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := cloneState(b.state)
+	s := b.state()
 	i := slices.IndexFunc(s.Farms, func(f Farm) bool { return f.Name == name })
 	if i < 0 {
 		return Result{}, fmt.Errorf("removing farm %q: %w", name, ErrNoFarm)
@@ -310,56 +465,14 @@ func (b *Balancer) Remove(ctx context.Context) error {
 
 // reset forgets everything installed: the next Apply builds the table.
 func (b *Balancer) reset() {
-	b.farms, b.orphans, b.rebuild, b.state = map[string]*compiledFarm{}, nil, true, State{}
-	b.marks, b.nextMark = map[objectKey]uint32{}, 0
-}
-
-// allocateMarks gives every farm and backend of s a mark: the one it has,
-// or a free one. It does not change b.
-func (b *Balancer) allocateMarks(s State) (map[objectKey]uint32, uint32) {
-	marks := make(map[objectKey]uint32, len(b.marks)+1)
-	used := make(map[uint32]bool, len(b.marks)+1)
-	var missing []objectKey
-	take := func(k objectKey) {
-		if m, ok := b.marks[k]; ok {
-			marks[k], used[m] = m, true
-		} else {
-			missing = append(missing, k)
-		}
-	}
-	for _, f := range s.Farms {
-		take(objectKey{f.Name, ""})
-		for _, be := range f.Backends {
-			take(objectKey{f.Name, be.Name})
-		}
-	}
-	max := uint32(b.opts.MaxMarks())
-	next := b.nextMark
-	shift := b.opts.markShift()
-	for _, k := range missing {
-		for { // Validate guarantees a free index exists.
-			next = next%max + 1
-			if m := next << shift; !used[m] {
-				marks[k], used[m] = m, true
-				break
-			}
-		}
-	}
-	return marks, next
-}
-
-// renamed returns the elements under IDs no installed element has, so
-// that elementDiff deletes every old one and adds every new one.
-func renamed(es map[string]element) map[string]element {
-	out := make(map[string]element, len(es))
-	for id, e := range es {
-		out["new\x00"+id] = e
-	}
-	return out
+	b.farms, b.order, b.rebuild = map[string]*compiledFarm{}, nil, true
+	b.marks = newMarkTable(b.opts)
+	b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
 }
 
 // sortElements orders elements by key, a range's end before the start
-// that shares its key: the order in which an interval set accepts them.
+// that shares its key: the order in which an interval set accepts them,
+// for additions and deletions alike.
 func sortElements(es []nft.Element) []nft.Element {
 	slices.SortFunc(es, func(a, b nft.Element) int {
 		if c := bytes.Compare(a.Key, b.Key); c != 0 {

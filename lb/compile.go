@@ -24,6 +24,14 @@ func (k objectKey) String() string {
 
 func markText(m uint32) string { return fmt.Sprintf("0x%08x", m) }
 
+// markGetter looks marks up: a *marks view, or a plain map.
+type markGetter interface{ get(objectKey) uint32 }
+
+// markMap is a markGetter over a map.
+type markMap map[objectKey]uint32
+
+func (m markMap) get(k objectKey) uint32 { return m[k] }
+
 // compiledFarm is what one farm puts in the kernel: elements only.
 type compiledFarm struct {
 	// spec is the farm it was compiled from.
@@ -56,13 +64,20 @@ func backendComment(f Farm, b Backend) string {
 }
 
 // compileFarm turns a valid farm into its elements. marks holds the mark
-// of the farm and of each of its backends.
-func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
+// of the farm and of each of its backends. Only Render needs the elements'
+// nft syntax (text), which costs more than the rest.
+func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
 	c := &compiledFarm{spec: cloneFarm(f), elements: map[string]map[string]element{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
-	id := marks[objectKey{f.Name, ""}]
+	id := marks.get(objectKey{f.Name, ""})
 	comment := farmComment(f)
+	textf := func(format string, args ...any) string {
+		if !text {
+			return ""
+		}
+		return fmt.Sprintf(format, args...)
+	}
 
 	// Services: every address . protocol . port of the farm names it.
 	exact, ranges := setServices4, setServiceRanges4
@@ -74,7 +89,7 @@ func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
 	for _, proto := range f.Protocol.numbers() {
 		for _, p := range f.Ports {
 			e := element{Element: nft.Element{Key: nft.ServiceKey(addr, proto, p.First), Value: nft.Mark(id), Comment: comment}}
-			e.text = fmt.Sprintf("%s . %s . %s comment %q : %s", addr, protoName(proto), p, comment, markText(id))
+			e.text = textf("%s . %s . %s comment %q : %s", addr, protoName(proto), p, comment, markText(id))
 			if p.First == p.Last {
 				c.add(exact, e)
 				continue
@@ -86,7 +101,7 @@ func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
 
 	var up []Backend
 	for _, b := range f.Backends {
-		m := marks[objectKey{f.Name, b.Name}]
+		m := marks.get(objectKey{f.Name, b.Name})
 		name := f.Name + "/" + b.Name
 		mt := markText(m)
 		key := nft.Mark(m)
@@ -94,12 +109,12 @@ func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
 		if b.Port != 0 {
 			c.add(dnat, element{
 				Element: nft.Element{Key: key, Value: targetValue(baddr, b.Port), Comment: name},
-				text:    fmt.Sprintf("%s comment %q : %s . %d", mt, name, baddr, b.Port),
+				text:    textf("%s comment %q : %s . %d", mt, name, baddr, b.Port),
 			})
 		} else {
 			c.add(dnatAddr, element{
 				Element: nft.Element{Key: key, Value: baddr.AsSlice(), Comment: name},
-				text:    fmt.Sprintf("%s comment %q : %s", mt, name, baddr),
+				text:    textf("%s comment %q : %s", mt, name, baddr),
 			})
 		}
 		if f.Mode == NAT {
@@ -107,15 +122,15 @@ func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
 				src := f.Source.Unmap()
 				c.add(snat, element{
 					Element: nft.Element{Key: key, Value: src.AsSlice(), Comment: name},
-					text:    fmt.Sprintf("%s comment %q : %s", mt, name, src),
+					text:    textf("%s comment %q : %s", mt, name, src),
 				})
 			} else {
-				c.add(setMasquerade, element{Element: nft.Element{Key: key, Comment: name}, text: fmt.Sprintf("%s comment %q", mt, name)})
+				c.add(setMasquerade, element{Element: nft.Element{Key: key, Comment: name}, text: textf("%s comment %q", mt, name)})
 			}
 		}
-		c.add(setTraffic, element{Element: nft.Element{Key: key, Comment: name}, text: fmt.Sprintf("%s comment %q", mt, name)})
+		c.add(setTraffic, element{Element: nft.Element{Key: key, Comment: name}, text: textf("%s comment %q", mt, name)})
 		bc := backendComment(f, b)
-		c.add(setBackends, element{Element: nft.Element{Key: key, Comment: bc}, text: fmt.Sprintf("%s comment %q", mt, bc)})
+		c.add(setBackends, element{Element: nft.Element{Key: key, Comment: bc}, text: textf("%s comment %q", mt, bc)})
 		if b.State == Up {
 			up = append(up, b)
 		}
@@ -131,12 +146,12 @@ func compileFarm(f Farm, marks map[objectKey]uint32) *compiledFarm {
 	lo := uint32(0)
 	for i, n := range apportion(weights, scheduleSlots) {
 		b := up[i]
-		m := marks[objectKey{f.Name, b.Name}]
+		m := marks.get(objectKey{f.Name, b.Name})
 		hi := lo + n // exclusive
 		name := f.Name + "/" + b.Name
 		c.add(setSchedule, element{
 			Element: nft.Element{Key: nft.ScheduleKey(id, lo), Value: nft.Mark(m), Comment: name},
-			text:    fmt.Sprintf("%s . %d-%d comment %q : %s", markText(id), lo, hi-1, name, markText(m)),
+			text:    textf("%s . %d-%d comment %q : %s", markText(id), lo, hi-1, name, markText(m)),
 		})
 		c.add(setSchedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, hi), IntervalEnd: true}})
 		lo = hi

@@ -3,6 +3,7 @@ package lb
 import (
 	"fmt"
 	"net/netip"
+	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -47,15 +48,19 @@ func farms(n int) State {
 }
 
 // installed returns a Balancer that believes s is in the kernel.
-func installed(t *testing.T, s State, o Options) *Balancer {
+func installed(t testing.TB, s State, o Options) *Balancer {
 	t.Helper()
 	if err := Validate(s, o); err != nil {
 		t.Fatal(err)
 	}
 	b := &Balancer{opts: o.withDefaults()}
 	b.reset()
-	p := b.plan(s)
-	b.farms, b.marks, b.nextMark, b.rebuild, b.state = p.farms, p.marks, p.nextMark, false, cloneState(s)
+	p, err := b.plan(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.commit(p)
+	b.setOrder(s)
 	return b
 }
 
@@ -67,18 +72,20 @@ func TestPlanIsProportionalToTheChange(t *testing.T) {
 		wantElements int
 	}{
 		{"unchanged", func(s *State) {}, 0, 0},
-		// The farm's schedule is replaced (2 ranges: 4 elements out, 4
-		// in) and the backend's record changes (1 out, 1 in).
-		{"weight", func(s *State) { s.Farms[500].Backends[0].Weight = 5 }, 4, 10},
-		{"drain", func(s *State) { s.Farms[500].Backends[0].State = Drain }, 4, 8},
-		// Schedule 4 out, 6 in; dnat, masquerade, traffic, record in.
+		// A new schedule generation: the service names the farm's new
+		// mark (1 out, 1 in), the new schedule goes in (2 ranges, 4
+		// elements; the old one is left for Collect), the backend's record
+		// changes (1 out, 1 in).
+		{"weight", func(s *State) { s.Farms[500].Backends[0].Weight = 5 }, 5, 8},
+		{"drain", func(s *State) { s.Farms[500].Backends[0].State = Drain }, 5, 6},
+		// Service 2, schedule 6 in; dnat, masquerade, traffic, record in.
 		{"add backend", func(s *State) {
 			s.Farms[500].Backends = append(s.Farms[500].Backends, Backend{Name: "app2", Address: addr("203.0.113.12"), Weight: 1})
-		}, 6, 14},
-		{"remove backend", func(s *State) { s.Farms[500].Backends = s.Farms[500].Backends[1:] }, 6, 10},
+		}, 7, 12},
+		{"remove backend", func(s *State) { s.Farms[500].Backends = s.Farms[500].Backends[1:] }, 7, 8},
 		{"backend address", func(s *State) { s.Farms[500].Backends[1].Address = addr("203.0.113.99") }, 2, 2},
-		// The service, 4 schedule elements, 2 backends x 4.
-		{"remove farm", func(s *State) { s.Farms = append(s.Farms[:500], s.Farms[501:]...) }, 6, 13},
+		// The service and 2 backends x 4; the schedule is left for Collect.
+		{"remove farm", func(s *State) { s.Farms = append(s.Farms[:500], s.Farms[501:]...) }, 5, 9},
 		{"reorder backends", func(s *State) { slices.Reverse(s.Farms[500].Backends) }, 0, 0},
 	}
 	for _, tt := range tests {
@@ -86,7 +93,11 @@ func TestPlanIsProportionalToTheChange(t *testing.T) {
 			s := farms(1000)
 			b := installed(t, s, Options{})
 			tt.change(&s)
-			batch := b.plan(s).batch
+			p, err := b.plan(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			batch := p.batch
 			if err := batch.Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -101,18 +112,63 @@ func TestPlanIsProportionalToTheChange(t *testing.T) {
 func TestMarksAreStableAndNotReusedAtOnce(t *testing.T) {
 	s := farms(2)
 	b := installed(t, s, Options{})
-	before := b.marks[objectKey{"f0", "app1"}]
+	before := b.marks.owner[objectKey{"f0", "app1"}]
 	// Remove f0/app0 and add f1/app2: the new backend must not inherit
 	// app0's mark, whose connections may still be in conntrack.
-	old := b.marks[objectKey{"f0", "app0"}]
+	old := b.marks.owner[objectKey{"f0", "app0"}]
 	s.Farms[0].Backends = s.Farms[0].Backends[1:]
 	s.Farms[1].Backends = append(s.Farms[1].Backends, Backend{Name: "app2", Address: addr("203.0.113.12"), Weight: 1})
-	marks, _ := b.allocateMarks(s)
-	if marks[objectKey{"f0", "app1"}] != before {
-		t.Errorf("f0/app1 changed mark %#x -> %#x", before, marks[objectKey{"f0", "app1"}])
+	p, err := b.plan(s)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if m := marks[objectKey{"f1", "app2"}]; m == old || m&^DefaultMarkMask != 0 || m == 0 {
+	b.commit(p)
+	if got := b.marks.owner[objectKey{"f0", "app1"}]; got != before {
+		t.Errorf("f0/app1 changed mark %#x -> %#x", before, got)
+	}
+	if m := b.marks.owner[objectKey{"f1", "app2"}]; m == old || m&^DefaultMarkMask != 0 || m == 0 {
 		t.Errorf("new backend got mark %#x (removed backend had %#x; mask %#x)", m, old, DefaultMarkMask)
+	}
+	if _, ok := b.marks.owner[objectKey{"f0", "app0"}]; ok || b.marks.used[old] {
+		t.Errorf("removed backend's mark %#x is still held", old)
+	}
+}
+
+func TestGarbageIsCollectedAndItsMarksFreed(t *testing.T) {
+	s := farms(3)
+	b := installed(t, s, Options{})
+	oldID := b.marks.owner[objectKey{"f1", ""}]
+	s.Farms[1].Backends[0].Weight = 9
+	p, err := b.plan(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.commit(p)
+	if newID := b.marks.owner[objectKey{"f1", ""}]; newID == oldID {
+		t.Fatalf("farm kept mark %#x across a schedule change", oldID)
+	}
+	if got := len(b.garbage[setSchedule.Name]); got != 4 || !b.marks.used[oldID] {
+		t.Fatalf("garbage holds %d schedule elements (want 4), old mark held: %v", got, b.marks.used[oldID])
+	}
+	// Marks run out: plan asks for a Collect rather than reusing a mark
+	// that a garbage schedule still names.
+	tight := Options{MarkMask: 0xf}.withDefaults()
+	b2 := installed(t, farms(1), tight) // 3 marks of 15 used
+	s2 := farms(1)
+	for i := range 5 { // 5 generations, 1 more mark each
+		s2.Farms[0].Backends[0].Weight = 2 + i
+		p, err := b2.plan(s2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b2.commit(p)
+	}
+	s2.Farms = append(s2.Farms, validFarm("x", "198.51.100.77"), validFarm("y", "198.51.100.78"), validFarm("z", "198.51.100.79"))
+	if err := Validate(s2, tight); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.plan(s2); !errors.Is(err, errMarksExhausted) {
+		t.Errorf("plan with marks held by garbage = %v, want errMarksExhausted", err)
 	}
 }
 
@@ -142,8 +198,8 @@ func TestStateSurvivesTheKernelRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(a.marks, b.marks) {
-		t.Errorf("marks = %v, want %v", a.marks, b.marks)
+	if !reflect.DeepEqual(a.marks, b.marks.owner) {
+		t.Errorf("marks = %v, want %v", a.marks, b.marks.owner)
 	}
 	var got State
 	for _, name := range a.order {

@@ -46,12 +46,19 @@ func (b *Balancer) readKernel(ctx context.Context) error {
 		b.opts.Logger.Warn("table's contents cannot be read back; the next apply replaces it", "table", table, "err", err)
 		return nil
 	}
-	b.farms, b.orphans, b.marks, b.rebuild = a.farms, a.orphans, a.marks, false
-	for _, name := range a.order {
-		b.state.Farms = append(b.state.Farms, cloneFarm(a.farms[name].spec))
+	b.farms, b.order, b.garbage, b.rebuild = a.farms, a.order, a.orphans, false
+	for k, m := range a.marks {
+		b.marks.owner[k], b.marks.used[m] = m, true
+		b.marks.next = max(b.marks.next, m>>b.opts.markShift())
 	}
-	for _, m := range a.marks {
-		b.nextMark = max(b.nextMark, m>>b.opts.markShift())
+	// Schedules of farm marks nobody owns are old generations: their marks
+	// stay taken until Collect deletes them.
+	for _, e := range a.orphans[setSchedule.Name] {
+		m := binary.BigEndian.Uint32(e.Key)
+		if !b.marks.used[m] {
+			b.marks.used[m] = true
+			b.garbageMarks = append(b.garbageMarks, m)
+		}
 	}
 	return nil
 }
@@ -192,7 +199,7 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 		}
 	}
 	for _, c := range a.farms {
-		c.dirty = !sameElements(c.elements, compileFarm(c.spec, a.marks).elements)
+		c.dirty = !sameElements(c.elements, compileFarm(c.spec, markMap(a.marks), false).elements)
 	}
 	return a, nil
 }

@@ -22,11 +22,14 @@ func Render(s State, opts Options) (string, error) {
 	if err := Validate(s, opts); err != nil {
 		return "", err
 	}
-	fresh := &Balancer{opts: opts}
-	marks, _ := fresh.allocateMarks(s)
+	marks := newMarkTable(opts).begin()
 	farms := map[string]*compiledFarm{}
 	for _, f := range s.Farms {
-		farms[f.Name] = compileFarm(f, marks)
+		marks.ensure(objectKey{f.Name, ""})
+		for _, be := range f.Backends {
+			marks.ensure(objectKey{f.Name, be.Name})
+		}
+		farms[f.Name] = compileFarm(f, marks, true)
 	}
 	return renderRuleset(opts, farms), nil
 }
@@ -35,7 +38,11 @@ func Render(s State, opts Options) (string, error) {
 func (b *Balancer) Render() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return renderRuleset(b.opts, b.farms)
+	farms := map[string]*compiledFarm{}
+	for name, c := range b.farms {
+		farms[name] = compileFarm(c.spec, b.marks.begin(), true)
+	}
+	return renderRuleset(b.opts, farms)
 }
 
 func renderRuleset(o Options, farms map[string]*compiledFarm) string {

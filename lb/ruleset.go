@@ -63,6 +63,19 @@ func elementDiff(have, want map[string]map[string]element, del, add map[string][
 	}
 }
 
+// sameSetElements reports whether two sets of elements are the same.
+func sameSetElements(a, b map[string]element) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, x := range a {
+		if y, ok := b[id]; !ok || !sameElement(x.Element, y.Element) {
+			return false
+		}
+	}
+	return true
+}
+
 // sameFarm reports whether two farms compile to the same elements, marks
 // aside.
 func sameFarm(a, b Farm) bool {

@@ -67,11 +67,11 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	var st Status
-	for _, f := range cloneState(b.state).Farms {
+	for _, f := range b.state().Farms {
 		fs := FarmStatus{Farm: f}
 		fs.Farm.Backends = nil
 		for _, be := range f.Backends {
-			m := b.marks[objectKey{f.Name, be.Name}]
+			m := b.marks.owner[objectKey{f.Name, be.Name}]
 			c := get(m)
 			fs.Backends = append(fs.Backends, BackendStatus{Backend: be, Mark: m, Connections: c.conns, Packets: c.packets, Bytes: c.bytes})
 			fs.Connections += c.conns

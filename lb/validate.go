@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -72,16 +72,26 @@ func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
 
 const nameRule = "want 1-32 letters, digits, '_' or '-', starting with a letter or digit"
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
-
-func validName(s string) bool { return nameRE.MatchString(s) }
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate checks a State against the options' limits and returns a
 // *ValidationError listing every problem, or nil.
 func Validate(s State, opts Options) error {
 	opts = opts.withDefaults()
 	v := validator{}
-	claims := map[claimKey][]claim{}
+	var claims []claim
 	farmNames := map[string]int{}
 	total := 0
 	for fi, f := range s.Farms {
@@ -130,17 +140,12 @@ func Validate(s State, opts Options) error {
 				farm("source", "%s is not of the same family as address %s", f.Source, f.Address)
 			}
 		}
-		if addrOK && f.Ports != nil && protocols.ok(f.Protocol) {
+		if addrOK && protocols.ok(f.Protocol) {
 			for _, proto := range f.Protocol.numbers() {
 				for _, r := range f.Ports {
-					k := claimKey{f.Address.Unmap(), proto}
-					for _, c := range claims[k] {
-						if c.farm != fi && c.ports.First <= r.Last && r.First <= c.ports.Last {
-							farm("ports", "%s %s port %s is already served by farm %q (farms[%d]) port %s",
-								f.Address, protoName(proto), r, s.Farms[c.farm].Name, c.farm, c.ports)
-						}
+					if r.First != 0 && r.First <= r.Last {
+						claims = append(claims, claim{f.Address.Unmap(), proto, r, fi})
 					}
-					claims[k] = append(claims[k], claim{fi, r})
 				}
 			}
 		}
@@ -172,6 +177,7 @@ func Validate(s State, opts Options) error {
 			total++
 		}
 	}
+	v.conflicts(s, claims)
 	if max := opts.MaxMarks(); total+len(s.Farms) > max {
 		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "farms",
 			Message: fmt.Sprintf("%d farms and %d backends need a mark each, but mark mask %s has only %d; widen Options.MarkMask",
@@ -180,14 +186,58 @@ func Validate(s State, opts Options) error {
 	return v.err()
 }
 
-type claimKey struct {
+// claim is a farm's claim on a service: address, protocol, port range.
+type claim struct {
 	addr  netip.Addr
 	proto uint8
+	ports PortRange
+	farm  int
 }
 
-type claim struct {
-	farm  int
-	ports PortRange
+// conflicts reports the services claimed by two farms. Sorted by address,
+// protocol and first port, a claim can only overlap claims before it whose
+// range reaches it, so one pass finds them all in O(n log n).
+func (v *validator) conflicts(s State, claims []claim) {
+	slices.SortFunc(claims, func(a, b claim) int {
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		if a.proto != b.proto {
+			return int(a.proto) - int(b.proto)
+		}
+		if a.ports.First != b.ports.First {
+			return int(a.ports.First) - int(b.ports.First)
+		}
+		return a.farm - b.farm
+	})
+	reach := uint16(0) // the highest port claimed so far for this address and protocol
+	for i, c := range claims {
+		if i == 0 || claims[i-1].addr != c.addr || claims[i-1].proto != c.proto {
+			reach = 0
+		}
+		if reach < c.ports.First {
+			reach = max(reach, c.ports.Last)
+			continue // the common case: no overlap
+		}
+		reach = max(reach, c.ports.Last)
+		for j := i - 1; j >= 0; j-- {
+			o := claims[j]
+			if o.addr != c.addr || o.proto != c.proto {
+				break
+			}
+			if o.ports.Last < c.ports.First || o.farm == c.farm {
+				continue
+			}
+			first, second := o, c
+			if first.farm > second.farm {
+				first, second = second, first
+			}
+			f := s.Farms[second.farm]
+			v.add(Problem{Farm: f.Name, FarmIndex: second.farm, BackendIndex: -1, Field: "ports",
+				Message: fmt.Sprintf("%s %s port %s is already served by farm %q (farms[%d]) port %s",
+					f.Address, protoName(c.proto), second.ports, s.Farms[first.farm].Name, first.farm, first.ports)})
+		}
+	}
 }
 
 func protoName(p uint8) string {
