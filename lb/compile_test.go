@@ -1,9 +1,9 @@
 package lb
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
-	"errors"
 	"reflect"
 	"slices"
 	"strings"

@@ -73,7 +73,7 @@ func (m *marks) renew(k objectKey) (uint32, bool) {
 }
 
 // drop forgets k's mark; release frees a mark for reuse.
-func (m *marks) drop(k objectKey)    { m.dropped[k] = true; delete(m.set, k) }
+func (m *marks) drop(k objectKey) { m.dropped[k] = true; delete(m.set, k) }
 func (m *marks) release(v uint32) { m.released = append(m.released, v) }
 
 // commit makes the view the table's state.
