@@ -72,6 +72,15 @@ func (b *Balancer) Close() error {
 	return b.conn.Close()
 }
 
+// Refresh forgets what the Balancer believes is installed and reads the
+// kernel again, as Open does: after someone else changed or deleted the
+// table, the next Apply repairs it. It sends nothing.
+func (b *Balancer) Refresh(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.readKernel(ctx)
+}
+
 // Options returns the options in effect, defaults filled in.
 func (b *Balancer) Options() Options { return b.opts }
 

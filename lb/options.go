@@ -1,7 +1,6 @@
 package lb
 
 import (
-	"fmt"
 	"log/slog"
 	"math/bits"
 
@@ -52,15 +51,12 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-func (o Options) check() error {
-	if !validName(o.Table) {
-		return fmt.Errorf("%w: table name %q: %s", ErrInvalid, o.Table, nameRule)
-	}
-	m := o.MarkMask
-	if m == 0 || bits.OnesCount32(m) != 32-bits.LeadingZeros32(m)-bits.TrailingZeros32(m) {
-		return fmt.Errorf("%w: mark mask %s: want one contiguous run of bits", ErrInvalid, markText(m))
-	}
-	return nil
+// check validates the options alone.
+func (o Options) check() error { return Validate(State{}, o) }
+
+// contiguous reports whether m is one run of set bits.
+func contiguous(m uint32) bool {
+	return m != 0 && bits.OnesCount32(m) == 32-bits.LeadingZeros32(m)-bits.TrailingZeros32(m)
 }
 
 // markShift and maxBackends describe the mark range.

@@ -17,7 +17,9 @@ type FarmStatus struct {
 	Farm
 	Backends []BackendStatus `json:"backends"`
 	// Connections, Packets and Bytes add up the backends'.
-	Connections, Packets, Bytes uint64
+	Connections uint64 `json:"connections"`
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
 }
 
 // BackendStatus is a backend with its counters. Counters start at zero

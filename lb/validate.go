@@ -86,11 +86,19 @@ func validName(s string) bool {
 	return true
 }
 
-// Validate checks a State against the options' limits and returns a
-// *ValidationError listing every problem, or nil.
+// Validate checks the options and a State against the options' limits and
+// returns a *ValidationError listing every problem, or nil. Problems with
+// the options have FarmIndex -1 and Field "table" or "mark_mask".
 func Validate(s State, opts Options) error {
 	opts = opts.withDefaults()
 	v := validator{}
+	if !validName(opts.Table) {
+		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "table", Message: fmt.Sprintf("%q: %s", opts.Table, nameRule)})
+	}
+	if !contiguous(opts.MarkMask) {
+		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "mark_mask", Message: fmt.Sprintf("%s: want one contiguous run of bits", markText(opts.MarkMask))})
+		return v.err() // the limits below depend on it
+	}
 	var claims []claim
 	farmNames := map[string]int{}
 	total := 0

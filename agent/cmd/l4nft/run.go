@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/l4nft/l4nft/agent/api"
+	"github.com/l4nft/l4nft/agent/config"
+	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/agent/metrics"
+)
+
+func runCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+	cfgPath := fs.String("config", "", "configuration file (YAML or JSON); required")
+	netns := fs.String("netns", "", "act inside the named network namespace (as in `ip netns`)")
+	socket := fs.String("socket", "", "API unix socket (default: the file's api.socket, else "+config.DefaultSocket+")")
+	cleanup := fs.Bool("cleanup-on-exit", false, "remove the agent's table on SIGTERM/SIGINT (default: leave the data plane running)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	watch := fs.Duration("watch-interval", daemon.DefaultWatchInterval, "how often to check the file for changes (negative: only on SIGHUP)")
+	resync := fs.Duration("resync-interval", daemon.DefaultResyncInterval, "how often to re-read the kernel and repair drift (negative: only on SIGHUP)")
+	return func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected arguments %q", args)
+		}
+		if *cfgPath == "" {
+			return usagef("--config is required")
+		}
+		log, err := newLogger(e.stderr, *logFormat, *logLevel)
+		if err != nil {
+			return err
+		}
+		return runAgent(ctx, e, log, agentOptions{config: *cfgPath, netns: *netns, socket: *socket,
+			cleanup: *cleanup, watch: *watch, resync: *resync})
+	}
+}
+
+type agentOptions struct {
+	config, netns, socket string
+	cleanup               bool
+	watch, resync         time.Duration
+}
+
+func runAgent(ctx context.Context, e *env, log *slog.Logger, o agentOptions) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sigs := make(chan os.Signal, 4)
+	e.notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer e.stop(sigs)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					select {
+					case reload <- struct{}{}:
+					default:
+					}
+					continue
+				}
+				log.Info("stopping", "signal", s.String())
+				cancel()
+				return
+			}
+		}
+	}()
+
+	m := metrics.New()
+	d, err := daemon.New(ctx, daemon.Options{ConfigPath: o.config, NetNS: o.netns, Logger: log, Observer: m,
+		WatchInterval: o.watch, ResyncInterval: o.resync})
+	if err != nil {
+		return err
+	}
+	m.SetStatus(d.Status)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := m.Register(reg); err != nil {
+		d.Close(ctx, false)
+		return err
+	}
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)})
+
+	servers, err := startAPI(d, d.Config(), o, log, metricsHandler)
+	if err != nil {
+		d.Close(context.Background(), false)
+		return err
+	}
+	log.Info("agent running", "config", o.config, "table", d.Config().TableName(), "netns", o.netns)
+
+	d.Run(ctx, reload)
+
+	shut, cancelShut := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelShut()
+	for _, s := range servers {
+		s.Shutdown(shut)
+	}
+	if err := d.Close(shut, o.cleanup); err != nil {
+		return fmt.Errorf("stopping: %w", err)
+	}
+	if o.cleanup {
+		log.Info("agent stopped; table removed (--cleanup-on-exit)")
+	} else {
+		log.Info("agent stopped; the data plane keeps running")
+	}
+	return nil
+}
+
+// startAPI serves the API on the unix socket and, if configured, on TCP.
+func startAPI(d *daemon.Daemon, cfg *config.Config, o agentOptions, log *slog.Logger, metricsHandler http.Handler) ([]*http.Server, error) {
+	socket := o.socket
+	if socket == "" {
+		socket = cfg.SocketPath()
+	}
+	newServer := func(token string) *http.Server {
+		h := api.NewHandler(api.Options{Service: d, Metrics: metricsHandler, Token: token, Logger: log})
+		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+			WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	}
+	ul, err := api.ListenUnix(socket)
+	if err != nil {
+		return nil, err
+	}
+	us := newServer("")
+	go us.Serve(ul)
+	servers := []*http.Server{us}
+	log.Info("api listening", "socket", socket)
+
+	a := cfg.API
+	if a.Listen == "" {
+		return servers, nil
+	}
+	fail := func(err error) ([]*http.Server, error) {
+		us.Close()
+		return nil, err
+	}
+	if a.TokenFile == "" {
+		return fail(errors.New("api.listen requires api.token_file: refusing to serve the API on TCP without a token"))
+	}
+	raw, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return fail(fmt.Errorf("reading api.token_file: %w", err))
+	}
+	token := strings.TrimSpace(string(raw))
+	if token == "" {
+		return fail(fmt.Errorf("api.token_file %s is empty: refusing to serve the API on TCP without a token", a.TokenFile))
+	}
+	useTLS := a.TLSCert != ""
+	if !useTLS && !isLoopback(a.Listen) {
+		return fail(fmt.Errorf("api.listen %s is not a loopback address: api.tls_cert and api.tls_key are required", a.Listen))
+	}
+	ts := newServer(token)
+	var l net.Listener
+	if useTLS {
+		cert, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey)
+		if err != nil {
+			return fail(fmt.Errorf("loading api.tls_cert/tls_key: %w", err))
+		}
+		ts.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if l, err = net.Listen("tcp", a.Listen); err != nil {
+		return fail(fmt.Errorf("api.listen: %w", err))
+	}
+	if useTLS {
+		l = tls.NewListener(l, ts.TLSConfig)
+	}
+	go ts.Serve(l)
+	log.Info("api listening", "address", l.Addr().String(), "tls", useTLS)
+	return append(servers, ts), nil
+}
+
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

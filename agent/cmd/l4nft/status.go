@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/lb"
+)
+
+func statusCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+	asJSON := fs.Bool("json", false, "print the status as JSON")
+	cf := addClientFlags(fs)
+	return func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected arguments %q", args)
+		}
+		c, err := cf.client(e)
+		if err != nil {
+			return err
+		}
+		st, err := c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		printStatus(e.stdout, st, time.Now())
+		return nil
+	}
+}
+
+func printStatus(w io.Writer, st daemon.Status, now time.Time) {
+	where := "own network namespace"
+	if st.NetNS != "" {
+		where = "network namespace " + st.NetNS
+	}
+	fmt.Fprintf(w, "table %s in the agent's %s, config %s, up %s\n", st.Table, where, st.Config, now.Sub(st.StartedAt).Round(time.Second))
+	if lc := st.LastChange; !lc.Time.IsZero() {
+		what := fmt.Sprintf("%d messages in %s", lc.Messages, lc.Duration.Round(time.Microsecond))
+		if lc.Rebuilt {
+			what += ", table rebuilt"
+		}
+		fmt.Fprintf(w, "last change %s ago (%s): %s\n", now.Sub(lc.Time).Round(time.Second), lc.Reason, what)
+	}
+	if la := st.LastApply; !la.Time.IsZero() {
+		fmt.Fprintf(w, "kernel checked %s ago (%s); %d changes, %d rebuilds since start\n",
+			now.Sub(la.Time).Round(time.Second), la.Reason, st.Changes, st.Rebuilds)
+	}
+	if st.ApplyError != "" {
+		fmt.Fprintf(w, "APPLY FAILING: %s\n", st.ApplyError)
+	}
+	if ce := st.ConfigError; ce != nil {
+		fmt.Fprintf(w, "CONFIG REJECTED %s ago, still running the previous one:\n", now.Sub(ce.Time).Round(time.Second))
+		if len(ce.Problems) == 0 {
+			fmt.Fprintf(w, "  %s\n", ce.Message)
+		}
+		for _, p := range ce.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FARM\tVIRTUAL\tPROTO\tMODE\tBACKEND\tTARGET\tWEIGHT\tSTATE\tHEALTH\tACTIVE\tCONNS\tPACKETS\tBYTES")
+	for _, f := range st.Farms {
+		ports := make([]string, len(f.Ports))
+		for i, p := range f.Ports {
+			ports[i] = p.String()
+		}
+		virtual := hostPort(f.Address, strings.Join(ports, ","))
+		mode := f.Mode.String()
+		if f.Mode == lb.NAT && f.Source.IsValid() {
+			mode += " src " + f.Source.String()
+		}
+		if len(f.Backends) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t\t\t\t\t\t%d\t%d\t%d\n", f.Name, virtual, f.Protocol, mode, f.Connections, f.Packets, f.Bytes)
+		}
+		for i, b := range f.Backends {
+			name, virt, proto, md := f.Name, virtual, f.Protocol.String(), mode
+			if i > 0 {
+				name, virt, proto, md = "", "", "", ""
+			}
+			target := b.Address.String()
+			if b.Port != 0 {
+				target = hostPort(b.Address, strconv.Itoa(int(b.Port)))
+			}
+			hs := "-"
+			if h := b.Health; h != nil {
+				hs = fmt.Sprintf("%s %s", h.Type, map[bool]string{true: "ok", false: "FAIL"}[h.Healthy])
+			}
+			active := b.Effective.String()
+			if !b.Installed {
+				active = "absent"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name, virt, proto, md,
+				b.Name, target, b.Weight, b.State, hs, active, b.Connections, b.Packets, b.Bytes)
+		}
+	}
+	tw.Flush()
+}
+
+func hostPort(a netip.Addr, port string) string {
+	if a.Is6() && !a.Is4In6() {
+		return "[" + a.String() + "]:" + port
+	}
+	return a.String() + ":" + port
+}

@@ -1,0 +1,61 @@
+// Package config reads and writes the l4nft agent's configuration file.
+//
+// The file is YAML (JSON is accepted too, being a subset of YAML). Every
+// problem is reported with its file, line and field, such as
+//
+//	l4nft.yaml:14: farms[web].backends[app0].weight: 0 is not a weight (want 1-10000)
+//
+// and Load reports all of them at once: unknown fields, values that do not
+// parse, and every problem lb.Validate finds in the resulting State.
+//
+// # Schema
+//
+//	table: l4nft                    # nftables table owned by the agent (default l4nft)
+//	options:                        # read at start; a change needs a restart
+//	  mark_mask: 0xffff0000         # conntrack mark bits (default 0xffff0000)
+//	  local_connections: false      # also balance connections made on the balancer
+//	  flush_conntrack: false        # cut established connections of removed/down backends
+//	api:                            # read at start; a change needs a restart
+//	  socket: /run/l4nft.sock       # unix socket, mode 0600 (default /run/l4nft.sock)
+//	  listen: 127.0.0.1:9100        # optional TCP listener, requires token_file
+//	  token_file: /etc/l4nft/token  # bearer token for the TCP listener
+//	  tls_cert: /etc/l4nft/api.crt  # required when listen is not a loopback address
+//	  tls_key: /etc/l4nft/api.key
+//	farms:
+//	  - name: web
+//	    address: 198.51.100.250     # the virtual address, IPv4 or IPv6
+//	    ports: ["443", "8000-8010"] # numbers or "first-last" ranges
+//	    protocol: tcp               # tcp (default) | udp | tcp+udp
+//	    mode: nat                   # nat (default) | dnat
+//	    scheduler: weight           # weight (weighted random, default)
+//	    source: 198.51.100.250      # nat mode: SNAT source; omitted = masquerade
+//	    health:                     # omitted = type none
+//	      type: tcp                 # tcp | http | none
+//	      interval: 2s              # default 2s
+//	      timeout: 1s               # default 1s, at most interval
+//	      rise: 2                   # passes to come back (default 2)
+//	      fall: 3                   # failures to go down (default 3)
+//	      port: 443                 # default: the backend's port, else the farm's first port
+//	      path: /healthz            # http: request path (default /)
+//	      host: www.example.com     # http: Host header (default the backend's address)
+//	      expect: 200-399           # http: accepted status codes (default 200-399)
+//	    backends:
+//	      - {name: app0, address: 203.0.113.10, port: 443, weight: 1, state: up}
+//	      - name: app1
+//	        address: 203.0.113.11
+//	        port: 443               # omitted or 0 = the port the client connected to
+//	        weight: 2               # 1-10000, default 1
+//	        state: up               # up (default) | drain | down
+//	        health: {path: /ready}  # overrides the farm's health fields it names
+//
+// Unknown fields are errors. An empty file is an error too (a truncated
+// write must not remove every farm): write "farms: []" to serve nothing.
+//
+// # Writing
+//
+// WriteFile replaces a file atomically (temporary file in the same
+// directory, fsync, rename, fsync of the directory), keeping its mode. The
+// agent uses it to persist changes made through its API. The file is
+// written in canonical form: comments and formatting of the original are
+// not kept. A file whose name ends in .json is written as JSON.
+package config

@@ -1,0 +1,436 @@
+package config
+
+import (
+	"bytes"
+	"encoding"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/l4nft/l4nft/agent/health"
+	"github.com/l4nft/l4nft/lb"
+)
+
+// Load reads, parses and validates the file at path. On any problem it
+// returns an *Error listing all of them.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	return ParseAndValidate(path, data)
+}
+
+// ParseAndValidate is Load for data read from a file named name.
+func ParseAndValidate(name string, data []byte) (*Config, error) {
+	c, perr := Parse(name, data)
+	if c == nil {
+		return nil, perr
+	}
+	verr := Validate(c)
+	if perr == nil && verr == nil {
+		return c, nil
+	}
+	return nil, merge(perr, verr)
+}
+
+// merge joins the problems of parsing and validating, dropping the
+// validation problems about a field parsing already reported.
+func merge(perr, verr error) error {
+	var problems []Problem
+	seen := map[string]bool{}
+	var pe, ve *Error
+	if errors.As(perr, &pe) {
+		for _, p := range pe.Problems {
+			problems = append(problems, p)
+			seen[p.Path] = true
+		}
+	}
+	if errors.As(verr, &ve) {
+		for _, p := range ve.Problems {
+			if !seen[p.Path] {
+				problems = append(problems, p)
+			}
+		}
+	}
+	return newError(problems)
+}
+
+// Parse parses data, read from a file named name, without validating it
+// against lb's rules (see Validate). It returns the configuration parsed
+// so far with an *Error when a field is unknown or a value does not parse,
+// and a nil Config only when the text is not YAML at all.
+func Parse(name string, data []byte) (*Config, error) {
+	p := &parser{file: name}
+	root, err := p.document(data)
+	if err != nil {
+		return nil, err
+	}
+	c := &Config{src: name, pos: positions{}}
+	p.config(root, c)
+	return c, newError(p.problems)
+}
+
+// ParseFarm parses one farm, as sent to the API, from a source named name
+// (such as "request body"). Like Parse, it returns an *Error listing every
+// problem; Validate the configuration the farm goes into.
+func ParseFarm(name string, data []byte) (Farm, error) {
+	p := &parser{file: name}
+	root, err := p.document(data)
+	if err != nil {
+		return Farm{}, err
+	}
+	f := p.farm(root, -1)
+	f.src = name
+	return f, newError(p.problems)
+}
+
+// parser walks a YAML node tree and collects every problem.
+type parser struct {
+	file     string
+	problems []Problem
+}
+
+var lineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// document parses data into its root node.
+func (p *parser) document(data []byte) (*yaml.Node, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		prob := Problem{File: p.file, Message: err.Error()}
+		if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
+			prob.Line, _ = strconv.Atoi(m[1])
+			prob.Message = m[2]
+		}
+		if err.Error() == "EOF" {
+			prob.Message = "the file is empty (write `farms: []` to serve nothing)"
+		}
+		return nil, &Error{Problems: []Problem{prob}}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &Error{Problems: []Problem{{File: p.file, Line: extra.Line, Message: "more than one YAML document"}}}
+	}
+	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
+		return nil, &Error{Problems: []Problem{{File: p.file, Line: doc.Line,
+			Message: "the file is empty (write `farms: []` to serve nothing)"}}}
+	}
+	return doc.Content[0], nil
+}
+
+func (p *parser) add(n *yaml.Node, path, format string, args ...any) {
+	p.problems = append(p.problems, Problem{File: p.file, Line: n.Line, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	n = resolve(n)
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	default:
+		return "something else"
+	}
+}
+
+func join(path, field string) string {
+	if path == "" {
+		return field
+	}
+	return path + "." + field
+}
+
+// mapping calls handle[key] for every key of the mapping n, reporting
+// unknown and duplicate keys. Null values count as absent. record, if not
+// nil, gets every known key's line.
+func (p *parser) mapping(n *yaml.Node, path string, handle map[string]func(v *yaml.Node), record func(key string, line int)) bool {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		p.add(n, path, "want a mapping of fields, got %s", describe(n))
+		return false
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], resolve(n.Content[i+1])
+		fp := join(path, k.Value)
+		if prev, dup := seen[k.Value]; dup {
+			p.add(k, fp, "duplicate field (also on line %d)", prev)
+			continue
+		}
+		seen[k.Value] = k.Line
+		h, ok := handle[k.Value]
+		if !ok {
+			p.add(k, fp, "unknown field %q (want one of %s)", k.Value, strings.Join(slices.Sorted(maps.Keys(handle)), ", "))
+			continue
+		}
+		if record != nil {
+			record(k.Value, k.Line)
+		}
+		if isNull(v) {
+			continue
+		}
+		h(v)
+	}
+	return true
+}
+
+func (p *parser) scalar(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode {
+		p.add(n, path, "want a single value, got %s", describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (p *parser) str(n *yaml.Node, path string, dst *string) {
+	if s, ok := p.scalar(n, path); ok {
+		*dst = s
+	}
+}
+
+func (p *parser) integer(n *yaml.Node, path string, lo, hi int, dst *int) {
+	s, ok := p.scalar(n, path)
+	if !ok {
+		return
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || n.Tag == "!!str" && s != strings.TrimSpace(s) {
+		p.add(n, path, "%q is not a whole number", s)
+		return
+	}
+	if v < lo || v > hi {
+		p.add(n, path, "%d is outside %d-%d", v, lo, hi)
+		return
+	}
+	*dst = v
+}
+
+func (p *parser) port(n *yaml.Node, path string, dst *uint16) {
+	var v int
+	before := len(p.problems)
+	p.integer(n, path, 0, 65535, &v)
+	if len(p.problems) == before {
+		*dst = uint16(v)
+	}
+}
+
+func (p *parser) boolean(n *yaml.Node, path string, dst *bool) {
+	s, ok := p.scalar(n, path)
+	if !ok {
+		return
+	}
+	switch s {
+	case "true":
+		*dst = true
+	case "false":
+		*dst = false
+	default:
+		p.add(n, path, "%q is not true or false", s)
+	}
+}
+
+// text parses a scalar with an encoding.TextUnmarshaler.
+func (p *parser) text(n *yaml.Node, path string, dst encoding.TextUnmarshaler) {
+	s, ok := p.scalar(n, path)
+	if !ok {
+		return
+	}
+	if err := dst.UnmarshalText([]byte(s)); err != nil {
+		p.add(n, path, "%v", err)
+	}
+}
+
+func (p *parser) addr(n *yaml.Node, path string, dst *netip.Addr) {
+	s, ok := p.scalar(n, path)
+	if !ok {
+		return
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		p.add(n, path, "%q is not an IP address", s)
+		return
+	}
+	*dst = a
+}
+
+func (p *parser) config(n *yaml.Node, c *Config) {
+	p.mapping(n, "", map[string]func(*yaml.Node){
+		"table": func(v *yaml.Node) { p.str(v, "table", &c.Table) },
+		"options": func(v *yaml.Node) {
+			p.mapping(v, "options", map[string]func(*yaml.Node){
+				"mark_mask":         func(v *yaml.Node) { p.text(v, "options.mark_mask", &c.Options.MarkMask) },
+				"local_connections": func(v *yaml.Node) { p.boolean(v, "options.local_connections", &c.Options.LocalConnections) },
+				"flush_conntrack":   func(v *yaml.Node) { p.boolean(v, "options.flush_conntrack", &c.Options.FlushConntrack) },
+			}, func(k string, line int) { c.pos["options."+k] = line })
+		},
+		"api": func(v *yaml.Node) {
+			p.mapping(v, "api", map[string]func(*yaml.Node){
+				"socket":     func(v *yaml.Node) { p.str(v, "api.socket", &c.API.Socket) },
+				"listen":     func(v *yaml.Node) { p.str(v, "api.listen", &c.API.Listen) },
+				"token_file": func(v *yaml.Node) { p.str(v, "api.token_file", &c.API.TokenFile) },
+				"tls_cert":   func(v *yaml.Node) { p.str(v, "api.tls_cert", &c.API.TLSCert) },
+				"tls_key":    func(v *yaml.Node) { p.str(v, "api.tls_key", &c.API.TLSKey) },
+			}, func(k string, line int) { c.pos["api."+k] = line })
+		},
+		"farms": func(v *yaml.Node) {
+			if v.Kind != yaml.SequenceNode {
+				p.add(v, "farms", "want a list of farms, got %s", describe(v))
+				return
+			}
+			c.Farms = []Farm{}
+			for i, fn := range v.Content {
+				f := p.farm(resolve(fn), i)
+				f.src = p.file
+				c.Farms = append(c.Farms, f)
+			}
+		},
+	}, func(k string, line int) { c.pos[k] = line })
+	if c.Farms == nil {
+		c.Farms = []Farm{}
+	}
+}
+
+// label is how lb names an object in a path: its name, or its index.
+func label(name string, i int) string {
+	if name == "" {
+		return strconv.Itoa(i)
+	}
+	return name
+}
+
+// nameOf returns the "name" field of a mapping, if it is a scalar.
+func nameOf(n *yaml.Node) string {
+	if n.Kind != yaml.MappingNode {
+		return ""
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if v := resolve(n.Content[i+1]); n.Content[i].Value == "name" && v.Kind == yaml.ScalarNode && v.Tag != "!!null" {
+			return v.Value
+		}
+	}
+	return ""
+}
+
+// farm parses farms[i]; i < 0 for a farm on its own (API body).
+func (p *parser) farm(n *yaml.Node, i int) Farm {
+	f := Farm{pos: positions{"": n.Line}}
+	path := "farms[" + label(nameOf(n), max(i, 0)) + "]"
+	at := func(field string) string { return path + "." + field }
+	p.mapping(n, path, map[string]func(*yaml.Node){
+		"name":      func(v *yaml.Node) { p.str(v, at("name"), &f.Name) },
+		"address":   func(v *yaml.Node) { p.addr(v, at("address"), &f.Address) },
+		"protocol":  func(v *yaml.Node) { p.text(v, at("protocol"), &f.Protocol) },
+		"mode":      func(v *yaml.Node) { p.text(v, at("mode"), &f.Mode) },
+		"scheduler": func(v *yaml.Node) { p.text(v, at("scheduler"), &f.Scheduler) },
+		"source":    func(v *yaml.Node) { p.addr(v, at("source"), &f.Source) },
+		"ports": func(v *yaml.Node) {
+			items := []*yaml.Node{v}
+			if v.Kind == yaml.SequenceNode {
+				items = v.Content
+			}
+			f.Ports = []lb.PortRange{}
+			for j, pn := range items {
+				pn = resolve(pn)
+				field := fmt.Sprintf("ports[%d]", j)
+				f.pos[field] = pn.Line
+				var r lb.PortRange
+				before := len(p.problems)
+				p.text(pn, at(field), &r)
+				if len(p.problems) == before {
+					f.Ports = append(f.Ports, r)
+				}
+			}
+		},
+		"health": func(v *yaml.Node) { f.Health = p.health(v, at("health"), f.pos, "health.") },
+		"backends": func(v *yaml.Node) {
+			if v.Kind != yaml.SequenceNode {
+				p.add(v, at("backends"), "want a list of backends, got %s", describe(v))
+				return
+			}
+			f.Backends = []Backend{}
+			for j, bn := range v.Content {
+				bn = resolve(bn)
+				rel := fmt.Sprintf("backends[%d]", j)
+				f.pos[rel] = bn.Line
+				f.Backends = append(f.Backends, p.backend(bn, at("backends["+label(nameOf(bn), j)+"]"), f.pos, rel+"."))
+			}
+		},
+	}, func(k string, line int) { f.pos[k] = line })
+	if f.Backends == nil {
+		f.Backends = []Backend{}
+	}
+	return f
+}
+
+func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) Backend {
+	b := Backend{Weight: 1}
+	at := func(field string) string { return path + "." + field }
+	p.mapping(n, path, map[string]func(*yaml.Node){
+		"name":    func(v *yaml.Node) { p.str(v, at("name"), &b.Name) },
+		"address": func(v *yaml.Node) { p.addr(v, at("address"), &b.Address) },
+		"port":    func(v *yaml.Node) { p.port(v, at("port"), &b.Port) },
+		"weight": func(v *yaml.Node) {
+			b.Weight = 0 // a weight that does not parse is not the default
+			p.integer(v, at("weight"), 0, lb.MaxWeight, &b.Weight)
+		},
+		"state":  func(v *yaml.Node) { p.text(v, at("state"), &b.State) },
+		"health": func(v *yaml.Node) { b.Health = p.health(v, at("health"), pos, rel+"health.") },
+	}, func(k string, line int) { pos[rel+k] = line })
+	return b
+}
+
+func (p *parser) health(n *yaml.Node, path string, pos positions, rel string) *Health {
+	h := &Health{}
+	at := func(field string) string { return path + "." + field }
+	p.mapping(n, path, map[string]func(*yaml.Node){
+		"type": func(v *yaml.Node) {
+			if s, ok := p.scalar(v, at("type")); ok {
+				if _, err := health.ParseType(s); err != nil {
+					p.add(v, at("type"), "%v", err)
+					return
+				}
+				h.Type = s
+			}
+		},
+		"interval": func(v *yaml.Node) { p.text(v, at("interval"), &h.Interval) },
+		"timeout":  func(v *yaml.Node) { p.text(v, at("timeout"), &h.Timeout) },
+		"rise":     func(v *yaml.Node) { p.integer(v, at("rise"), 1, 1000, &h.Rise) },
+		"fall":     func(v *yaml.Node) { p.integer(v, at("fall"), 1, 1000, &h.Fall) },
+		"port":     func(v *yaml.Node) { p.port(v, at("port"), &h.Port) },
+		"path":     func(v *yaml.Node) { p.str(v, at("path"), &h.Path) },
+		"host":     func(v *yaml.Node) { p.str(v, at("host"), &h.Host) },
+		"expect": func(v *yaml.Node) {
+			if s, ok := p.scalar(v, at("expect")); ok {
+				if _, err := health.ParseStatusRange(s); err != nil {
+					p.add(v, at("expect"), "%v", err)
+					return
+				}
+				h.Expect = s
+			}
+		},
+	}, func(k string, line int) { pos[rel+k] = line })
+	return h
+}

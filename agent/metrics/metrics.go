@@ -1,0 +1,191 @@
+// Package metrics exposes the l4nft agent's state to Prometheus.
+//
+// Per-backend and per-farm values are read from the daemon's Status (the
+// nftables counters, health and configuration) at scrape time by a custom
+// collector, so nothing polls the kernel between scrapes and a removed
+// backend simply stops being reported. Apply and reload events are
+// recorded as they happen through the daemon.Observer methods.
+//
+// # Metrics
+//
+//	l4nft_backend_connections_total{farm,backend}   new connections sent to the backend
+//	l4nft_backend_packets_total{farm,backend}       packets of its connections, both directions
+//	l4nft_backend_bytes_total{farm,backend}         bytes of its connections, both directions
+//	l4nft_backend_healthy{farm,backend}             1 if its checks pass (or it has none), else 0
+//	l4nft_backend_weight{farm,backend}              configured weight
+//	l4nft_backend_state{farm,backend,state}         1 for the configured state (up, drain, down)
+//	l4nft_backend_effective_state{farm,backend,state} 1 for the installed state (drain when unhealthy)
+//	l4nft_farm_connections_total{farm}              sum over the farm's backends
+//	l4nft_farm_packets_total{farm}
+//	l4nft_farm_bytes_total{farm}
+//	l4nft_farm_backends_available{farm}             backends taking new connections
+//	l4nft_apply_duration_seconds                    histogram of kernel transactions
+//	l4nft_apply_errors_total                        applies the kernel refused
+//	l4nft_last_successful_apply_timestamp_seconds   when the kernel last matched the desired state
+//	l4nft_config_reloads_total{result}              reloads of the file: success or failure
+//	l4nft_config_last_reload_successful             0 while the file on disk is rejected
+//	l4nft_scrape_errors_total                       scrapes that could not read the kernel
+//
+// Counters start at zero when a backend is created and live as long as it
+// does; Prometheus' rate() handles the reset when a backend is recreated.
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/lb"
+)
+
+// StatusFunc returns the agent's status; the daemon's Status method.
+type StatusFunc func(context.Context) (daemon.Status, error)
+
+// Metrics records the agent's events and collects its per-backend metrics.
+// It implements daemon.Observer and prometheus.Collector.
+type Metrics struct {
+	status StatusFunc
+
+	applyDuration prometheus.Histogram
+	applyErrors   prometheus.Counter
+	lastApply     prometheus.Gauge
+	reloads       *prometheus.CounterVec
+	reloadOK      prometheus.Gauge
+	scrapeErrors  prometheus.Counter
+
+	backendConns, backendPackets, backendBytes *prometheus.Desc
+	backendHealthy, backendWeight              *prometheus.Desc
+	backendState, backendEffective             *prometheus.Desc
+	farmConns, farmPackets, farmBytes          *prometheus.Desc
+	farmAvailable                              *prometheus.Desc
+}
+
+// New returns Metrics; call SetStatus before registering it.
+func New() *Metrics {
+	be := []string{"farm", "backend"}
+	bes := []string{"farm", "backend", "state"}
+	farm := []string{"farm"}
+	m := &Metrics{
+		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "l4nft_apply_duration_seconds", Help: "Duration of the nftables transactions that changed the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5ms .. 16s
+		}),
+		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "l4nft_apply_errors_total", Help: "Applies that failed (the kernel was left unchanged)."}),
+		lastApply: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "l4nft_last_successful_apply_timestamp_seconds", Help: "Unix time of the last apply that succeeded."}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "l4nft_config_reloads_total", Help: "Reloads of the configuration file, by result."}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "l4nft_config_last_reload_successful", Help: "1 if the last reload of the configuration file succeeded."}),
+		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "l4nft_scrape_errors_total", Help: "Scrapes that could not read the status from the kernel."}),
+
+		backendConns:     prometheus.NewDesc("l4nft_backend_connections_total", "New connections sent to the backend.", be, nil),
+		backendPackets:   prometheus.NewDesc("l4nft_backend_packets_total", "Packets of the backend's connections through the balancer, both directions.", be, nil),
+		backendBytes:     prometheus.NewDesc("l4nft_backend_bytes_total", "Bytes of the backend's connections through the balancer, both directions.", be, nil),
+		backendHealthy:   prometheus.NewDesc("l4nft_backend_healthy", "1 if the backend passes its health checks or has none.", be, nil),
+		backendWeight:    prometheus.NewDesc("l4nft_backend_weight", "Configured weight of the backend.", be, nil),
+		backendState:     prometheus.NewDesc("l4nft_backend_state", "Configured state of the backend (1 for the current state).", bes, nil),
+		backendEffective: prometheus.NewDesc("l4nft_backend_effective_state", "Installed state of the backend, drain when unhealthy (1 for the current state).", bes, nil),
+		farmConns:        prometheus.NewDesc("l4nft_farm_connections_total", "New connections to the farm.", farm, nil),
+		farmPackets:      prometheus.NewDesc("l4nft_farm_packets_total", "Packets of the farm's connections through the balancer.", farm, nil),
+		farmBytes:        prometheus.NewDesc("l4nft_farm_bytes_total", "Bytes of the farm's connections through the balancer.", farm, nil),
+		farmAvailable:    prometheus.NewDesc("l4nft_farm_backends_available", "Backends of the farm taking new connections.", farm, nil),
+	}
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	m.reloadOK.Set(1)
+	return m
+}
+
+// SetStatus sets where the collector reads per-backend values. It must be
+// called before the first scrape.
+func (m *Metrics) SetStatus(f StatusFunc) { m.status = f }
+
+// Register registers m with reg.
+func (m *Metrics) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m, m.applyDuration, m.applyErrors, m.lastApply, m.reloads, m.reloadOK, m.scrapeErrors} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ObserveApply implements daemon.Observer.
+func (m *Metrics) ObserveApply(res lb.Result, err error) {
+	if err != nil {
+		m.applyErrors.Inc()
+		return
+	}
+	if res.Changed {
+		m.applyDuration.Observe(res.Duration.Seconds())
+	}
+	m.lastApply.SetToCurrentTime()
+}
+
+// ObserveReload implements daemon.Observer.
+func (m *Metrics) ObserveReload(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failure").Inc()
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("success").Inc()
+	m.reloadOK.Set(1)
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.backendConns, m.backendPackets, m.backendBytes, m.backendHealthy,
+		m.backendWeight, m.backendState, m.backendEffective, m.farmConns, m.farmPackets, m.farmBytes, m.farmAvailable} {
+		ch <- d
+	}
+}
+
+var states = []lb.BackendState{lb.Up, lb.Drain, lb.Down}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	if m.status == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := m.status(ctx)
+	if err != nil {
+		m.scrapeErrors.Inc()
+		return
+	}
+	b2f := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	for _, f := range st.Farms {
+		available := 0
+		for _, b := range f.Backends {
+			l := []string{f.Name, b.Name}
+			ch <- prometheus.MustNewConstMetric(m.backendConns, prometheus.CounterValue, float64(b.Connections), l...)
+			ch <- prometheus.MustNewConstMetric(m.backendPackets, prometheus.CounterValue, float64(b.Packets), l...)
+			ch <- prometheus.MustNewConstMetric(m.backendBytes, prometheus.CounterValue, float64(b.Bytes), l...)
+			ch <- prometheus.MustNewConstMetric(m.backendHealthy, prometheus.GaugeValue, b2f(b.Healthy()), l...)
+			ch <- prometheus.MustNewConstMetric(m.backendWeight, prometheus.GaugeValue, float64(b.Weight), l...)
+			for _, s := range states {
+				ch <- prometheus.MustNewConstMetric(m.backendState, prometheus.GaugeValue, b2f(b.State == s), f.Name, b.Name, s.String())
+				ch <- prometheus.MustNewConstMetric(m.backendEffective, prometheus.GaugeValue, b2f(b.Installed && b.Effective == s), f.Name, b.Name, s.String())
+			}
+			if b.Installed && b.Effective == lb.Up {
+				available++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(m.farmConns, prometheus.CounterValue, float64(f.Connections), f.Name)
+		ch <- prometheus.MustNewConstMetric(m.farmPackets, prometheus.CounterValue, float64(f.Packets), f.Name)
+		ch <- prometheus.MustNewConstMetric(m.farmBytes, prometheus.CounterValue, float64(f.Bytes), f.Name)
+		ch <- prometheus.MustNewConstMetric(m.farmAvailable, prometheus.GaugeValue, float64(available), f.Name)
+	}
+}

@@ -1,0 +1,83 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/agent/health"
+	"github.com/l4nft/l4nft/lb"
+)
+
+func TestCollect(t *testing.T) {
+	m := New()
+	m.SetStatus(func(context.Context) (daemon.Status, error) {
+		return daemon.Status{Farms: []daemon.FarmStatus{{
+			Name: "web", Address: netip.MustParseAddr("198.51.100.250"), Connections: 30, Packets: 300, Bytes: 3000,
+			Backends: []daemon.BackendStatus{
+				{Name: "app0", Weight: 1, State: lb.Up, Effective: lb.Drain, Installed: true, Connections: 10, Packets: 100, Bytes: 1000,
+					Health: &health.Status{Type: health.TCP, Healthy: false}},
+				{Name: "app1", Weight: 2, State: lb.Up, Effective: lb.Up, Installed: true, Connections: 20, Packets: 200, Bytes: 2000},
+			},
+		}}}, nil
+	})
+	reg := prometheus.NewPedanticRegistry()
+	if err := m.Register(reg); err != nil {
+		t.Fatalf("failed to register: %v", err)
+	}
+	m.ObserveApply(lb.Result{Changed: true, Duration: 3 * time.Millisecond}, nil)
+	m.ObserveApply(lb.Result{}, errors.New("boom"))
+	m.ObserveReload(nil)
+	m.ObserveReload(errors.New("bad file"))
+
+	want := `
+# HELP l4nft_backend_connections_total New connections sent to the backend.
+# TYPE l4nft_backend_connections_total counter
+l4nft_backend_connections_total{backend="app0",farm="web"} 10
+l4nft_backend_connections_total{backend="app1",farm="web"} 20
+# HELP l4nft_backend_healthy 1 if the backend passes its health checks or has none.
+# TYPE l4nft_backend_healthy gauge
+l4nft_backend_healthy{backend="app0",farm="web"} 0
+l4nft_backend_healthy{backend="app1",farm="web"} 1
+# HELP l4nft_backend_effective_state Installed state of the backend, drain when unhealthy (1 for the current state).
+# TYPE l4nft_backend_effective_state gauge
+l4nft_backend_effective_state{backend="app0",farm="web",state="down"} 0
+l4nft_backend_effective_state{backend="app0",farm="web",state="drain"} 1
+l4nft_backend_effective_state{backend="app0",farm="web",state="up"} 0
+l4nft_backend_effective_state{backend="app1",farm="web",state="down"} 0
+l4nft_backend_effective_state{backend="app1",farm="web",state="drain"} 0
+l4nft_backend_effective_state{backend="app1",farm="web",state="up"} 1
+# HELP l4nft_farm_backends_available Backends of the farm taking new connections.
+# TYPE l4nft_farm_backends_available gauge
+l4nft_farm_backends_available{farm="web"} 1
+# HELP l4nft_farm_bytes_total Bytes of the farm's connections through the balancer.
+# TYPE l4nft_farm_bytes_total counter
+l4nft_farm_bytes_total{farm="web"} 3000
+# HELP l4nft_apply_errors_total Applies that failed (the kernel was left unchanged).
+# TYPE l4nft_apply_errors_total counter
+l4nft_apply_errors_total 1
+# HELP l4nft_config_reloads_total Reloads of the configuration file, by result.
+# TYPE l4nft_config_reloads_total counter
+l4nft_config_reloads_total{result="failure"} 1
+l4nft_config_reloads_total{result="success"} 1
+# HELP l4nft_config_last_reload_successful 1 if the last reload of the configuration file succeeded.
+# TYPE l4nft_config_last_reload_successful gauge
+l4nft_config_last_reload_successful 0
+`
+	names := []string{"l4nft_backend_connections_total", "l4nft_backend_healthy", "l4nft_backend_effective_state",
+		"l4nft_farm_backends_available", "l4nft_farm_bytes_total", "l4nft_apply_errors_total",
+		"l4nft_config_reloads_total", "l4nft_config_last_reload_successful"}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(m.applyDuration); n != 1 {
+		t.Errorf("apply duration histogram has %d series, want 1", n)
+	}
+}
