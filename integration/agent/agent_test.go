@@ -17,21 +17,25 @@ import (
 	"github.com/l4nft/l4nft/agent/api"
 	"github.com/l4nft/l4nft/agent/config"
 	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/integration/stats"
 	"github.com/l4nft/l4nft/lb"
 )
 
-// checkSplit fails unless backend1 took about twice backend0's share: with
-// 300 connections the standard deviation of a share of 2/3 is 2.7%, so
-// 15% is more than 5 of them.
+// checkSplit fails unless backend0 took share want0 of the connections and
+// backend1 the rest, by a chi-square test at p = 0.001 (as the library's
+// integration tests judge splits).
 func checkSplit(tb testing.TB, counts map[string]int, want0 float64) {
 	tb.Helper()
-	total := counts["backend0"] + counts["backend1"]
-	if total == 0 {
+	obs := []int{counts["backend0"], counts["backend1"]}
+	if obs[0]+obs[1] == 0 {
 		tb.Fatalf("no connection was answered: %v", counts)
 	}
-	got := float64(counts["backend0"]) / float64(total)
-	if got < want0-0.15 || got > want0+0.15 {
-		tb.Errorf("backend0 took %.1f%% of %d connections, want %.1f%% ± 15%% (%v)", 100*got, total, 100*want0, counts)
+	stat, p, err := stats.ChiSquare(obs, []float64{want0, 1 - want0})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if p < 0.001 {
+		tb.Errorf("split %v does not match share %.3f for backend0 (chi2=%.2f, p=%.2g)", counts, want0, stat, p)
 	}
 }
 
