@@ -141,8 +141,7 @@ type Set struct {
 	Name string
 	// Key is the key type; use nftables.ConcatSetType for concatenations.
 	Key nftables.SetDatatype
-	// Data is the value type of a map, or nftables.TypeVerdict for a
-	// verdict map; zero for a plain set.
+	// Data is the value type of a map; zero for a plain set.
 	Data nftables.SetDatatype
 	// Interval lets elements be ranges (KeyEnd in Element).
 	Interval bool
@@ -192,8 +191,6 @@ type Element struct {
 	IntervalEnd bool
 	// Value is the data of a map element.
 	Value []byte
-	// Jump, for a verdict map, names the chain to jump to.
-	Jump string
 	// Comment is stored with the element and read back unchanged.
 	Comment string
 	// Packets and Bytes are the element's counter, filled by Conn.Elements
@@ -202,15 +199,11 @@ type Element struct {
 }
 
 func (e Element) size() int {
-	return 64 + len(e.Key) + len(e.KeyEnd) + len(e.Value) + len(e.Jump) + len(e.Comment)
+	return 64 + len(e.Key) + len(e.KeyEnd) + len(e.Value) + len(e.Comment)
 }
 
 func (e Element) nft() nftables.SetElement {
-	ne := nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
-	if e.Jump != "" {
-		ne.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: e.Jump}
-	}
-	return ne
+	return nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
 }
 
 // ref returns the set for an element operation: the one added in this

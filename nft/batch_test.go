@@ -44,12 +44,3 @@ func TestBatchKeepsFirstError(t *testing.T) {
 		t.Errorf("Messages() = %d, want 1 (nothing queued after the error)", b.Messages())
 	}
 }
-
-func TestParseJump(t *testing.T) {
-	// As google/nftables v0.3.0 hands it over: code NFT_JUMP, chain "farm_x".
-	raw := []byte{8, 0, 1, 0, 0xff, 0xff, 0xff, 0xfd, 11, 0, 2, 0, 'f', 'a', 'r', 'm', '_', 'x', 0, 0}
-	got, err := parseJump(raw)
-	if err != nil || got != "farm_x" {
-		t.Errorf("parseJump() = %q, %v; want farm_x", got, err)
-	}
-}

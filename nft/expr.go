@@ -94,12 +94,6 @@ func LoadCtMark(mask uint32) []expr.Any {
 	}
 }
 
-// MatchCtMarkUnset matches connections whose mark has none of mask's bits
-// set (ct mark & mask == 0).
-func MatchCtMarkUnset(mask uint32) []expr.Any {
-	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: Mark(0)})
-}
-
 // MatchCtMark matches connections whose whole mark is m (ct mark == m).
 func MatchCtMark(m uint32) []expr.Any {
 	return []expr.Any{

@@ -7,8 +7,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // TableExists reports whether the inet table exists.
@@ -75,8 +73,8 @@ func (c *Conn) Sets(table string) ([]Set, error) {
 	return out, nil
 }
 
-// Elements returns the elements of a set with their comments, values (or
-// jump targets) and counters. Reading is O(elements): do not call it on
+// Elements returns the elements of a set with their comments, values and
+// counters. Reading is O(elements): do not call it on
 // every small change.
 func (c *Conn) Elements(table string, set Set) ([]Element, error) {
 	var out []Element
@@ -89,14 +87,6 @@ func (c *Conn) Elements(table string, set Set) ([]Element, error) {
 		out = make([]Element, 0, len(elems))
 		for _, e := range elems {
 			el := Element{Key: e.Key, KeyEnd: e.KeyEnd, Value: e.Val, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
-			if set.Data.Name == nftables.TypeVerdict.Name {
-				// google/nftables v0.3.0 returns a verdict as its raw
-				// attributes in Val.
-				el.Value = nil
-				if el.Jump, err = parseJump(e.Val); err != nil {
-					return fmt.Errorf("element %x: %w", e.Key, err)
-				}
-			}
 			if e.Counter != nil {
 				el.Packets, el.Bytes = e.Counter.Packets, e.Counter.Bytes
 			}
@@ -142,21 +132,4 @@ func notExist(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotExist, err)
 	}
 	return err
-}
-
-// parseJump decodes the verdict of a verdict map element, as
-// google/nftables v0.3.0 returns it in Val (the attributes inside
-// NFTA_DATA_VERDICT), and returns the chain of a jump or goto.
-func parseJump(b []byte) (string, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return "", err
-	}
-	var chain string
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			chain = ad.String()
-		}
-	}
-	return chain, ad.Err()
 }
