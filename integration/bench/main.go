@@ -1,0 +1,272 @@
+// Command bench measures l4nft against the seed's iptables design and
+// against the physical floor, in throwaway network namespaces, and writes a
+// markdown report and an SVG plot. See README.md.
+//
+//	sudo go run ./integration/bench -out integration/bench/RESULTS.md
+//
+// It needs root and iptables-legacy-restore, iptables-nft-restore and nft.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything a run depends on.
+type config struct {
+	// Out is the markdown report; the plot goes next to it as ratio.svg.
+	Out string
+	// Sections to run: "dataplane", "controlplane", "distribution".
+	Sections []string
+	// Reps is the number of repetitions of every data-plane and
+	// control-plane point; medians are reported.
+	Reps int
+	// Warmup and Duration are per data-plane point.
+	Warmup, Duration time.Duration
+	// Sizes are the farm counts (2 backends each).
+	Sizes []int
+	// Variants are the data-plane variants, in run order.
+	Variants []string
+	// Workers is the number of concurrent clients.
+	Workers int
+	// Changes is how many of each single change a control-plane repetition
+	// makes.
+	Changes int
+	// WideFarms x WidePerFarm is the large-backend-count control-plane
+	// case; WideFarms 0 skips it.
+	WideFarms, WidePerFarm int
+	// DistConns is the number of connections per distribution run, and
+	// DistLimit bounds its time.
+	DistConns int
+	DistLimit time.Duration
+	// IptablesTimeout bounds one iptables-restore install.
+	IptablesTimeout time.Duration
+	// Smoke marks a run that checks the suite works, not how fast.
+	Smoke bool
+	// Command is the command line, for the report.
+	Command string
+}
+
+// Tools the suite runs inside the namespaces (Debian packages iptables and
+// nftables).
+var requiredTools = []string{"iptables-legacy-restore", "iptables-nft-restore", "nft"}
+
+func main() {
+	if isLoadChild() {
+		os.Exit(loadChildMain(os.Stdin, os.Stdout, os.Stderr))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run parses args, runs the suite and writes the report. It returns the
+// exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 2
+	}
+	cfg.Command = "go run ./integration/bench " + strings.Join(args, " ")
+	logf := func(format string, a ...any) {
+		fmt.Fprintf(stdout, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+	}
+	res, err := runSuite(ctx, cfg, logf)
+	if err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
+	if err := writeReport(cfg, res); err != nil {
+		fmt.Fprintln(stderr, "bench:", err)
+		return 1
+	}
+	logf("wrote %s and %s", cfg.Out, plotPath(cfg.Out))
+	return 0
+}
+
+// parseFlags turns the command line into a config.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	smoke := fs.Bool("smoke", false, "tiny sizes and durations: check that the suite works, not how fast")
+	out := fs.String("out", "integration/bench/RESULTS.md", "markdown report to write; the plot goes next to it as ratio.svg")
+	reps := fs.Int("reps", 3, "repetitions of every point (medians are reported)")
+	duration := fs.Duration("duration", 3*time.Second, "measured time per data-plane point")
+	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured warm-up before each data-plane point")
+	sizes := fs.String("sizes", "1,100,1000,10000", "farm counts, 2 backends each")
+	variants := fs.String("variants", strings.Join(allVariants, ","), "data-plane variants, in run order")
+	sections := fs.String("sections", "dataplane,controlplane,distribution", "sections to run")
+	workers := fs.Int("workers", 32, "concurrent clients")
+	changes := fs.Int("changes", 5, "single changes of each kind per control-plane repetition")
+	wide := fs.String("wide", "1000x100", "FARMSxBACKENDS of the large control-plane case (\"\" skips it)")
+	distConns := fs.Int("dist-conns", 100000, "connections per distribution run")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg := config{
+		Out: *out, Reps: *reps, Duration: *duration, Warmup: *warmup, Workers: *workers,
+		Changes: *changes, DistConns: *distConns, Smoke: *smoke,
+		Sections: splitList(*sections), Variants: splitList(*variants),
+		IptablesTimeout: 2 * time.Minute, DistLimit: 2 * time.Minute,
+	}
+	var err error
+	if cfg.Sizes, err = parseSizes(*sizes); err != nil {
+		return config{}, err
+	}
+	if *wide != "" {
+		f, b, ok := strings.Cut(*wide, "x")
+		cfg.WideFarms, err = strconv.Atoi(f)
+		if err == nil {
+			cfg.WidePerFarm, err = strconv.Atoi(b)
+		}
+		if !ok || err != nil || cfg.WideFarms < 1 || cfg.WidePerFarm < 1 {
+			return config{}, fmt.Errorf("-wide %q: want FARMSxBACKENDS such as 1000x100", *wide)
+		}
+	}
+	if *smoke {
+		cfg = smokeConfig(cfg)
+	}
+	return cfg, cfg.check()
+}
+
+// smokeConfig shrinks cfg to a run that only shows the suite works.
+func smokeConfig(cfg config) config {
+	cfg.Smoke = true
+	cfg.Sizes = []int{1, 10}
+	cfg.Reps = 1
+	cfg.Duration = 300 * time.Millisecond
+	cfg.Warmup = 50 * time.Millisecond
+	cfg.Changes = 2
+	cfg.WideFarms, cfg.WidePerFarm = 10, 10
+	cfg.DistConns = 2000
+	return cfg
+}
+
+func (c config) check() error {
+	switch {
+	case c.Reps < 1:
+		return fmt.Errorf("-reps %d: want at least 1", c.Reps)
+	case c.Duration <= 0 || c.Warmup < 0:
+		return errors.New("-duration must be positive and -warmup not negative")
+	case c.Workers < 1:
+		return fmt.Errorf("-workers %d: want at least 1", c.Workers)
+	case c.Changes < 1:
+		return fmt.Errorf("-changes %d: want at least 1", c.Changes)
+	case c.DistConns < 100:
+		return fmt.Errorf("-dist-conns %d: want at least 100", c.DistConns)
+	}
+	for _, v := range c.Variants {
+		if !contains(allVariants, v) {
+			return fmt.Errorf("unknown variant %q (want some of %s)", v, strings.Join(allVariants, ","))
+		}
+	}
+	if c.runs("dataplane") && !contains(c.Variants, varFloor) {
+		return errors.New("the data plane needs the floor variant: ratios are to it")
+	}
+	for _, s := range c.Sections {
+		if !contains([]string{"dataplane", "controlplane", "distribution"}, s) {
+			return fmt.Errorf("unknown section %q", s)
+		}
+	}
+	return nil
+}
+
+func (c config) runs(section string) bool { return contains(c.Sections, section) }
+
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > maxFarms {
+			return nil, fmt.Errorf("-sizes: %q is not a farm count from 1 to %d", f, maxFarms)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("-sizes: no sizes")
+	}
+	return out, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// results is everything a run measured.
+type results struct {
+	Started, Finished time.Time
+	Machine           machine
+	DataPlane         *dataPlane
+	ControlPlane      []*cpRow
+	KernelRef         *kernelRef
+	Distribution      []distRow
+}
+
+// runSuite checks the environment and runs the configured sections.
+func runSuite(ctx context.Context, cfg config, logf func(string, ...any)) (*results, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("requires root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to build network namespaces")
+	}
+	for _, tool := range requiredTools {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s not found (install the Debian packages iptables and nftables): %w", tool, err)
+		}
+	}
+	res := &results{Started: time.Now(), Machine: describeMachine()}
+	var err error
+	if cfg.runs("dataplane") {
+		if res.DataPlane, err = runDataPlane(ctx, cfg, logf); err != nil {
+			return nil, fmt.Errorf("data plane: %w", err)
+		}
+	}
+	if cfg.runs("controlplane") {
+		if res.KernelRef, err = runKernelRef(ctx, 5*cfg.Changes); err != nil {
+			return nil, fmt.Errorf("control plane: %w", err)
+		}
+		if res.ControlPlane, err = runControlPlane(ctx, cfg, logf); err != nil {
+			return nil, fmt.Errorf("control plane: %w", err)
+		}
+	}
+	if cfg.runs("distribution") {
+		if res.Distribution, err = runDistribution(ctx, cfg, logf); err != nil {
+			return nil, fmt.Errorf("distribution: %w", err)
+		}
+	}
+	res.Finished = time.Now()
+	return res, nil
+}
+
+// plotPath is where the plot goes for a report at out.
+func plotPath(out string) string { return filepath.Join(filepath.Dir(out), "ratio.svg") }
