@@ -30,7 +30,7 @@ type Balancer struct {
 	// garbage are elements no farm uses any more, deleted by Collect:
 	// old schedule generations, and whatever an adopted table held that
 	// no farm claims. garbageMarks are the farm marks they hold on to.
-	garbage      map[string]map[string]element
+	garbage      elements
 	garbageMarks []uint32
 	// rebuild says the table is missing or has another layout: the next
 	// Apply replaces it whole, in one transaction.
@@ -133,7 +133,7 @@ type plan struct {
 	marks *marks
 	// changed are the farms to install; nil for a farm to remove.
 	changed      map[string]*compiledFarm
-	garbage      map[string]map[string]element
+	garbage      elements
 	garbageMarks []uint32
 	batch        *nft.Batch
 	// cut are the backends that took traffic and are removed or Down,
@@ -217,13 +217,10 @@ func (b *Balancer) commit(p *plan) {
 		for _, m := range b.garbageMarks {
 			delete(b.marks.used, m)
 		}
-		b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
+		b.garbage, b.garbageMarks = elements{}, nil
 	}
 	for set, es := range p.garbage {
-		if b.garbage[set] == nil {
-			b.garbage[set] = map[string]element{}
-		}
-		maps.Copy(b.garbage[set], es)
+		b.garbage[set] = append(b.garbage[set], es...)
 	}
 	b.garbageMarks = append(b.garbageMarks, p.garbageMarks...)
 	b.rebuild = false
@@ -255,7 +252,7 @@ func (b *Balancer) plan(s State) (*plan, error) {
 	p := &plan{
 		marks:   b.marks.begin(),
 		changed: map[string]*compiledFarm{},
-		garbage: map[string]map[string]element{},
+		garbage: elements{},
 		cut:     map[objectKey]uint32{},
 	}
 	del, add := map[string][]nft.Element{}, map[string][]nft.Element{}
@@ -282,7 +279,7 @@ func (b *Balancer) plan(s State) (*plan, error) {
 		if b.rebuild {
 			continue
 		}
-		have := map[string]map[string]element{}
+		have := elements{}
 		if old != nil {
 			b.releaseBackends(p, old.spec, &f)
 			have = old.elements
@@ -296,7 +293,7 @@ func (b *Balancer) plan(s State) (*plan, error) {
 				}
 				c = compileFarm(f, p.marks, false)
 				p.changed[f.Name] = c
-				p.garbage[setSchedule.Name] = have[setSchedule.Name]
+				p.garbage[setSchedule.Name] = append(p.garbage[setSchedule.Name], have[setSchedule.Name]...)
 				have = maps.Clone(have)
 				delete(have, setSchedule.Name)
 			}
@@ -317,7 +314,7 @@ func (b *Balancer) plan(s State) (*plan, error) {
 			p.marks.drop(objectKey{name, ""})
 			have := old.elements
 			if sched := have[setSchedule.Name]; len(sched) > 0 {
-				p.garbage[setSchedule.Name] = sched
+				p.garbage[setSchedule.Name] = append(p.garbage[setSchedule.Name], sched...)
 				p.garbageMarks = append(p.garbageMarks, b.marks.owner[objectKey{name, ""}])
 				have = maps.Clone(have)
 				delete(have, setSchedule.Name)
@@ -407,7 +404,7 @@ func (b *Balancer) collect(ctx context.Context) error {
 		delete(b.marks.used, m)
 	}
 	b.opts.Logger.Info("collected unused elements", "table", b.opts.Table, "elements", batch.Elements())
-	b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
+	b.garbage, b.garbageMarks = elements{}, nil
 	return nil
 }
 
@@ -428,8 +425,11 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 		}
 	}
 	for _, s := range allSets {
-		if len(elems[s.Name]) > 0 {
-			batch.AddElements(s, sortElements(elems[s.Name]))
+		if es := elems[s.Name]; len(es) > 0 {
+			if s.Interval {
+				sortElements(es)
+			}
+			batch.AddElements(s, es)
 		}
 	}
 	for _, c := range baseChains(o) {
@@ -476,7 +476,7 @@ func (b *Balancer) Remove(ctx context.Context) error {
 func (b *Balancer) reset() {
 	b.farms, b.order, b.rebuild = map[string]*compiledFarm{}, nil, true
 	b.marks = newMarkTable(b.opts)
-	b.garbage, b.garbageMarks = map[string]map[string]element{}, nil
+	b.garbage, b.garbageMarks = elements{}, nil
 }
 
 // sortElements orders elements by key, a range's end before the start

@@ -40,15 +40,11 @@ type compiledFarm struct {
 	// (read back from a table whose contents disagree); the next Apply
 	// diffs the farm whatever its spec.
 	dirty bool
-	// elements by set name, then elementID.
-	elements map[string]map[string]element
+	elements elements
 }
 
 func (c *compiledFarm) add(s nft.Set, e element) {
-	if c.elements[s.Name] == nil {
-		c.elements[s.Name] = map[string]element{}
-	}
-	c.elements[s.Name][elementID(e.Element)] = e
+	c.elements[s.Name] = append(c.elements[s.Name], e)
 }
 
 func farmComment(f Farm) string {
@@ -67,7 +63,7 @@ func backendComment(f Farm, b Backend) string {
 // of the farm and of each of its backends. Only Render needs the elements'
 // nft syntax (text), which costs more than the rest.
 func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
-	c := &compiledFarm{spec: cloneFarm(f), elements: map[string]map[string]element{}}
+	c := &compiledFarm{spec: cloneFarm(f), elements: elements{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
 	id := marks.get(objectKey{f.Name, ""})
@@ -220,38 +216,48 @@ func baseChains(o Options) []chain {
 	ctNew, unset, isOurs := nft.MatchCtStateNew(), nft.MatchCtMark(0), nft.MatchCtMarkSet(mask)
 	choose := func(fam nft.Family, set nft.Set) rule {
 		return rule{
-			Rule: nft.Rule{Exprs: slices.Concat(ctNew, unset, nft.MatchFamily(fam), nft.SetCtMarkFromService(fam, set.Name)), Comment: "new connection to a farm: mark it with the farm"},
-			text: fmt.Sprintf("ct state new ct mark 0x00000000 meta nfproto %s ct mark set %s daddr . meta l4proto . th dport map @%s", famName[fam], fam, set.Name),
+			Rule: nft.Rule{Exprs: slices.Concat(unset, nft.MatchFamily(fam), nft.SetCtMarkFromService(fam, set.Name)), Comment: "new connection to a farm: mark it with the farm"},
+			text: fmt.Sprintf("ct mark 0x00000000 meta nfproto %s ct mark set %s daddr . meta l4proto . th dport map @%s", famName[fam], fam, set.Name),
 			seed: "iptables -t mangle -A PREROUTING -d VIP -p PROTO --dport PORT ...  (one rule per backend, walked in order)",
 		}
 	}
-	selection := []rule{
-		choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
-		choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
-		{
-			Rule: nft.Rule{Exprs: slices.Concat(ctNew, nft.SetCtMarkFromSchedule(setSchedule.Name, scheduleSlots)), Comment: "weighted random choice of backend"},
-			text: fmt.Sprintf("ct state new ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, setSchedule.Name),
-			seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
-		},
-		{
-			Rule: nft.Rule{Exprs: slices.Concat(ctNew, nft.MatchL4Proto(protoTCP), isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
-			text: fmt.Sprintf("ct state new meta l4proto tcp ct mark & %s != 0x00000000 ct mark & %s != @%s reject with tcp reset", mt, mt, setBackends.Name),
-		},
-		{
-			Rule: nft.Rule{Exprs: slices.Concat(ctNew, isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectUnreachable()}), Comment: "farm without an available backend: refuse"},
-			text: fmt.Sprintf("ct state new ct mark & %s != 0x00000000 ct mark & %s != @%s reject with icmpx port-unreachable", mt, mt, setBackends.Name),
-		},
-		{
-			Rule: nft.Rule{Exprs: nft.CountByMark(mask, setTraffic.Name), Comment: "count packets and bytes per backend"},
-			text: fmt.Sprintf("ct mark & %s @%s", mt, setTraffic.Name),
-			seed: "iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark  (the mark is read from conntrack directly)",
+	// New connections jump to the choosing chain; every other packet only
+	// has its backend's counter updated.
+	choosing := chain{
+		Chain: nft.Chain{Name: chainChoose},
+		rules: []rule{
+			choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
+			choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
+			{
+				Rule: nft.Rule{Exprs: nft.SetCtMarkFromSchedule(setSchedule.Name, scheduleSlots), Comment: "weighted random choice of backend"},
+				text: fmt.Sprintf("ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, setSchedule.Name),
+				seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
+			},
+			{
+				Rule: nft.Rule{Exprs: slices.Concat(nft.MatchL4Proto(protoTCP), isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
+				text: fmt.Sprintf("meta l4proto tcp ct mark & %s != 0x00000000 ct mark & %s != @%s reject with tcp reset", mt, mt, setBackends.Name),
+			},
+			{
+				Rule: nft.Rule{Exprs: slices.Concat(isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectUnreachable()}), Comment: "farm without an available backend: refuse"},
+				text: fmt.Sprintf("ct mark & %s != 0x00000000 ct mark & %s != @%s reject with icmpx port-unreachable", mt, mt, setBackends.Name),
+			},
 		},
 	}
 	filter := func(name string, hook *nftables.ChainHook, hookName string) chain {
 		return chain{
 			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Hook: hook, Priority: priorityChoose}},
 			hook:  fmt.Sprintf("type filter hook %s priority %d; policy accept;", hookName, priorityChoose),
-			rules: selection,
+			rules: []rule{
+				{
+					Rule: nft.Rule{Exprs: slices.Concat(ctNew, []expr.Any{nft.Jump(chainChoose)}), Comment: "new connections choose a backend"},
+					text: "ct state new jump " + chainChoose,
+				},
+				{
+					Rule: nft.Rule{Exprs: nft.CountByMark(mask, setTraffic.Name), Comment: "count packets and bytes per backend"},
+					text: fmt.Sprintf("ct mark & %s @%s", mt, setTraffic.Name),
+					seed: "iptables -t mangle -A PREROUTING -j CONNMARK --restore-mark  (the mark is read from conntrack directly)",
+				},
+			},
 		}
 	}
 	dnatRule := func(fam nft.Family, set nft.Set, withPort bool) rule {
@@ -286,6 +292,7 @@ func baseChains(o Options) []chain {
 		}
 	}
 	chains := []chain{
+		choosing,
 		filter(chainPrerouting, nftables.ChainHookPrerouting, "prerouting"),
 		dnat(chainDNAT, nftables.ChainHookPrerouting, "prerouting"),
 		{

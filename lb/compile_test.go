@@ -150,6 +150,16 @@ func TestGarbageIsCollectedAndItsMarksFreed(t *testing.T) {
 	if got := len(b.garbage[setSchedule.Name]); got != 4 || !b.marks.used[oldID] {
 		t.Fatalf("garbage holds %d schedule elements (want 4), old mark held: %v", got, b.marks.used[oldID])
 	}
+	// Two farms changed in one apply: both old schedules are garbage.
+	s.Farms[0].Backends[0].Weight = 9
+	s.Farms[2].Backends[0].Weight = 9
+	if p, err = b.plan(s); err != nil {
+		t.Fatal(err)
+	}
+	b.commit(p)
+	if got := len(b.garbage[setSchedule.Name]); got != 12 || len(b.garbageMarks) != 3 {
+		t.Fatalf("after two more farms changed: %d garbage elements (want 12), %d garbage marks (want 3)", got, len(b.garbageMarks))
+	}
 	// Marks run out: plan asks for a Collect rather than reusing a mark
 	// that a garbage schedule still names.
 	tight := Options{MarkMask: 0xf}.withDefaults()
@@ -245,7 +255,8 @@ func TestRenderShowsSeedAndTranslation(t *testing.T) {
 	}
 	for _, want := range []string{
 		"table inet l4nft {",
-		"ct state new ct mark set ct mark . numgen random mod 16777216 map @schedule",
+		"ct mark set ct mark . numgen random mod 16777216 map @schedule",
+		"ct state new jump choose_backend",
 		"0x00010000 . 0-5592404 comment \"web/app0\" : 0x00020000",
 		"0x00010000 . 5592405-16777215 comment \"web/app1\" : 0x00030000",
 		"198.51.100.250 . tcp . 443 comment \"farm=web mode=nat scheduler=weight\" : 0x00010000",

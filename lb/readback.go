@@ -95,14 +95,14 @@ type adopted struct {
 	farms   map[string]*compiledFarm
 	order   []string
 	marks   map[objectKey]uint32
-	orphans map[string]map[string]element
+	orphans elements
 }
 
 // adopt rebuilds farms and marks from the sets' elements. Each farm's
 // elements are kept as the kernel has them; a farm whose elements differ
 // from what its spec compiles to is marked dirty.
 func adopt(kernel map[string][]nft.Element) (adopted, error) {
-	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: map[string]map[string]element{}}
+	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: elements{}}
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
 	protos := map[string]uint8{}
@@ -169,7 +169,7 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 		}
 		slices.SortFunc(f.Ports, func(x, y PortRange) int { return int(x.First) - int(y.First) })
 		slices.SortFunc(f.Backends, func(x, y Backend) int { return strings.Compare(x.Name, y.Name) })
-		a.farms[name] = &compiledFarm{spec: *f, elements: map[string]map[string]element{}}
+		a.farms[name] = &compiledFarm{spec: *f, elements: elements{}}
 	}
 	a.order = sortedKeys(specs)
 
@@ -192,10 +192,7 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 				c.add(set, el)
 				continue
 			}
-			if a.orphans[set.Name] == nil {
-				a.orphans[set.Name] = map[string]element{}
-			}
-			a.orphans[set.Name][elementID(e)] = el
+			a.orphans[set.Name] = append(a.orphans[set.Name], el)
 		}
 	}
 	for _, c := range a.farms {
@@ -240,12 +237,6 @@ func parseBackend(name string, kv map[string]string, target nft.Element) (Backen
 		return be, fmt.Errorf("dnat target of %d bytes", len(v))
 	}
 	return be, nil
-}
-
-func sameElements(a, b map[string]map[string]element) bool {
-	del, add := map[string][]nft.Element{}, map[string][]nft.Element{}
-	elementDiff(a, b, del, add)
-	return len(del) == 0 && len(add) == 0
 }
 
 func protoBit(p uint8) uint8 {

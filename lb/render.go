@@ -2,6 +2,7 @@ package lb
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -88,12 +89,14 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 			lines = append(lines, schemaElement(o).text)
 		}
 		for _, name := range sortedKeys(farms) {
-			es := farms[name].elements[s.Name]
-			for _, id := range sortedKeys(es) {
-				if t := es[id].text; t != "" {
-					lines = append(lines, t)
+			var texts []string
+			for _, e := range farms[name].elements[s.Name] {
+				if e.text != "" {
+					texts = append(texts, e.text)
 				}
 			}
+			slices.Sort(texts)
+			lines = append(lines, texts...)
 		}
 		if len(lines) > 0 {
 			p(2, "elements = {")
@@ -104,7 +107,9 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 	}
 	for _, c := range baseChains(o) {
 		p(1, "chain %s {", c.Name)
-		p(2, "%s", c.hook)
+		if c.hook != "" {
+			p(2, "%s", c.hook)
+		}
 		for _, r := range c.rules {
 			if r.seed != "" {
 				p(2, "# replaces: %s", r.seed)

@@ -43,33 +43,75 @@ func sameElement(a, b nft.Element) bool {
 	return string(a.Value) == string(b.Value) && a.Comment == b.Comment
 }
 
+// elements are a farm's elements (or garbage) by set name.
+type elements map[string][]element
+
+// index returns the elements by ID.
+func index(es []element) map[string]element {
+	m := make(map[string]element, len(es))
+	for _, e := range es {
+		m[elementID(e.Element)] = e
+	}
+	return m
+}
+
 // elementDiff adds to del and add what turns have into want, per set.
-func elementDiff(have, want map[string]map[string]element, del, add map[string][]nft.Element) {
+func elementDiff(have, want elements, del, add map[string][]nft.Element) {
 	for set, hs := range have {
 		ws := want[set]
-		for id, h := range hs {
-			if w, ok := ws[id]; !ok || !sameElement(w.Element, h.Element) {
+		if len(ws) == 0 {
+			for _, h := range hs {
+				del[set] = append(del[set], h.Element)
+			}
+			continue
+		}
+		wi := index(ws)
+		for _, h := range hs {
+			if w, ok := wi[elementID(h.Element)]; !ok || !sameElement(w.Element, h.Element) {
 				del[set] = append(del[set], h.Element)
 			}
 		}
 	}
 	for set, ws := range want {
 		hs := have[set]
-		for id, w := range ws {
-			if h, ok := hs[id]; !ok || !sameElement(w.Element, h.Element) {
+		if len(hs) == 0 {
+			for _, w := range ws {
+				add[set] = append(add[set], w.Element)
+			}
+			continue
+		}
+		hi := index(hs)
+		for _, w := range ws {
+			if h, ok := hi[elementID(w.Element)]; !ok || !sameElement(w.Element, h.Element) {
 				add[set] = append(add[set], w.Element)
 			}
 		}
 	}
 }
 
-// sameSetElements reports whether two sets of elements are the same.
-func sameSetElements(a, b map[string]element) bool {
+// sameSetElements reports whether two lists hold the same elements.
+func sameSetElements(a, b []element) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	for id, x := range a {
-		if y, ok := b[id]; !ok || !sameElement(x.Element, y.Element) {
+	bi := index(b)
+	for _, x := range a {
+		if y, ok := bi[elementID(x.Element)]; !ok || !sameElement(x.Element, y.Element) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameElements reports whether two farms' elements are the same.
+func sameElements(a, b elements) bool {
+	for set := range a {
+		if !sameSetElements(a[set], b[set]) {
+			return false
+		}
+	}
+	for set := range b {
+		if _, ok := a[set]; !ok && len(b[set]) > 0 {
 			return false
 		}
 	}

@@ -10,7 +10,7 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // The table's sets and maps. Farms and backends are elements of these;
 // there is no kernel object per farm.
@@ -77,6 +77,7 @@ func schemaComment(o Options) string {
 
 // Base chain names.
 const (
+	chainChoose     = "choose_backend"
 	chainPrerouting = "prerouting"
 	chainOutput     = "output"
 	chainDNAT       = "nat_prerouting"

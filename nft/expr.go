@@ -228,6 +228,9 @@ func MasqueradeByMark(mask uint32, set string) []expr.Any {
 		&expr.Masq{})
 }
 
+// Jump evaluates chain and comes back.
+func Jump(chain string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
+
 // RejectTCPReset answers a TCP packet with a reset.
 func RejectTCPReset() expr.Any { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
 
