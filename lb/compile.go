@@ -39,7 +39,7 @@ type compiledFarm struct {
 	// dirty says the kernel's elements may not be what spec compiles to
 	// (read back from a table whose contents disagree); the next Apply
 	// diffs the farm whatever its spec.
-	dirty bool
+	dirty    bool
 	elements elements
 }
 
