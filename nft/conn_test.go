@@ -90,3 +90,51 @@ func TestConnOutlivesTheCallersDescriptor(t *testing.T) {
 		t.Errorf("Commit after Close = %v, want ErrClosed", err)
 	}
 }
+
+func TestRunInNetNS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("requires root (CAP_SYS_ADMIN)")
+	}
+	runtime.LockOSThread()
+	host, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := netns.Set(host); err != nil {
+		t.Fatalf("failed to return to the host namespace: %v", err)
+	}
+	runtime.UnlockOSThread()
+
+	var inside netns.NsHandle
+	err = RunInNetNS(NetNSFd(int(ns)), func() error {
+		var err error
+		inside, err = netns.Get()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inside.Close()
+	if !inside.Equal(ns) {
+		t.Errorf("fn ran in %v, want %v", inside, ns)
+	}
+	want := errors.New("from fn")
+	if err := RunInNetNS(NetNSFd(int(ns)), func() error { return want }); err != want {
+		t.Errorf("RunInNetNS() = %v, want fn's error", err)
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != "boom" {
+				t.Errorf("recovered %v, want the panic of fn", v)
+			}
+		}()
+		RunInNetNS(NetNSFd(int(ns)), func() error { panic("boom") })
+	}()
+}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/l4nft/l4nft/nft"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -95,72 +95,16 @@ func (n *Namespace) Path() string {
 }
 
 // Do runs fn on an OS thread switched into the namespace and returns its
-// error. The thread is locked for the duration and switched back before it is
-// released; if switching back fails, the thread is discarded. Sockets created
-// by fn stay in the namespace; goroutines started by fn do not run in it.
-// A panic in fn is re-raised in the caller's goroutine.
+// error (nft.RunInNetNS). Sockets created by fn stay in the namespace;
+// goroutines started by fn do not run in it. A panic in fn is re-raised in
+// the caller's goroutine. Close waits for running Do calls.
 func (n *Namespace) Do(fn func() error) error {
-	done := make(chan doResult, 1)
-	go n.do(fn, done)
-	r := <-done
-	if r.panicked {
-		panic(r.panicValue)
-	}
-	return r.err
-}
-
-type doResult struct {
-	err        error
-	panicked   bool
-	panicValue any
-}
-
-func (n *Namespace) do(fn func() error, done chan<- doResult) {
-	runtime.LockOSThread()
-	// No deferred UnlockOSThread: a thread left in the wrong namespace must
-	// die with this goroutine rather than go back to the scheduler.
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		done <- doResult{err: fmt.Errorf("%s: opening the thread's current network namespace: %w", n.name, err)}
-		return
-	}
-	if err := n.enter(); err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		done <- doResult{err: err}
-		return
-	}
-
-	res := doResult{err: fmt.Errorf("%s: function passed to Do called runtime.Goexit", n.name)}
-	defer func() {
-		if v := recover(); v != nil {
-			res = doResult{panicked: true, panicValue: v}
-		}
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime terminates the thread when this
-			// goroutine exits.
-			res.err = errors.Join(res.err, fmt.Errorf("%s: switching the thread back to its namespace: %w", n.name, err))
-		} else {
-			runtime.UnlockOSThread()
-		}
-		orig.Close() // before reporting, so no fd outlives Do
-		done <- res
-	}()
-	res = doResult{err: fn()}
-}
-
-// enter switches the calling (locked) thread into n.
-func (n *Namespace) enter() error {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	if n.handle < 0 {
 		return fmt.Errorf("%s: %w", n.name, ErrClosed)
 	}
-	if err := netns.Set(n.handle); err != nil {
-		return fmt.Errorf("%s: switching thread into network namespace: %w", n.name, err)
-	}
-	return nil
+	return nft.RunInNetNS(nft.NetNSFd(int(n.handle)), fn)
 }
 
 // Command returns a command that runs the named program inside the
