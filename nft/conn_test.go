@@ -47,22 +47,7 @@ func TestConnOutlivesTheCallersDescriptor(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("requires root (CAP_SYS_ADMIN, CAP_NET_ADMIN)")
 	}
-	runtime.LockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	if err := netns.Set(host); err != nil {
-		t.Fatalf("failed to return to the host namespace: %v", err)
-	}
-	runtime.UnlockOSThread()
-	host.Close()
-
+	ns := mustNewNetNS(t)
 	c, err := Open(NetNSFd(int(ns)))
 	ns.Close() // the caller's copy; the namespace lives on through c
 	if err != nil {
@@ -95,25 +80,10 @@ func TestRunInNetNS(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("requires root (CAP_SYS_ADMIN)")
 	}
-	runtime.LockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	ns, err := netns.New()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
+	ns := mustNewNetNS(t)
 	defer ns.Close()
-	if err := netns.Set(host); err != nil {
-		t.Fatalf("failed to return to the host namespace: %v", err)
-	}
-	runtime.UnlockOSThread()
-
 	var inside netns.NsHandle
-	err = RunInNetNS(NetNSFd(int(ns)), func() error {
+	err := RunInNetNS(NetNSFd(int(ns)), func() error {
 		var err error
 		inside, err = netns.Get()
 		return err
@@ -137,4 +107,29 @@ func TestRunInNetNS(t *testing.T) {
 		}()
 		RunInNetNS(NetNSFd(int(ns)), func() error { panic("boom") })
 	}()
+}
+
+// mustNewNetNS creates a network namespace and leaves the calling thread
+// where it was. The caller owns the returned handle.
+func mustNewNetNS(t *testing.T) netns.NsHandle {
+	t.Helper()
+	runtime.LockOSThread()
+	host, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("failed to open the current namespace: %v", err)
+	}
+	defer host.Close()
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("failed to create a namespace: %v", err)
+	}
+	if err := netns.Set(host); err != nil {
+		// Still locked: the thread ends with this goroutine rather than go
+		// back to the scheduler in the new namespace.
+		t.Fatalf("failed to return to the original namespace: %v", err)
+	}
+	runtime.UnlockOSThread()
+	return ns
 }
