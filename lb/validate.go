@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -118,16 +119,16 @@ func Validate(s State, opts Options) error {
 			farm("ports", "at least one port is required")
 		}
 		for pi, r := range f.Ports {
-			field := fmt.Sprintf("ports[%d]", pi)
+			field := func() string { return "ports[" + strconv.Itoa(pi) + "]" }
 			switch {
 			case r.First == 0 || r.Last == 0:
-				farm(field, "port 0 is not a port (want 1-65535)")
+				farm(field(), "port 0 is not a port (want 1-65535)")
 			case r.Last < r.First:
-				farm(field, "range %d-%d ends before it starts", r.First, r.Last)
+				farm(field(), "range %d-%d ends before it starts", r.First, r.Last)
 			}
 			for pj := range pi {
 				if o := f.Ports[pj]; o.First <= r.Last && r.First <= o.Last {
-					farm(field, "%s overlaps ports[%d] %s", r, pj, o)
+					farm(field(), "%s overlaps ports[%d] %s", r, pj, o)
 				}
 			}
 		}
@@ -157,16 +158,19 @@ func Validate(s State, opts Options) error {
 				}
 			}
 		}
-		names := map[string]int{}
+		var names map[string]int // only for large farms; see below
+		if len(f.Backends) > 64 {
+			names = make(map[string]int, len(f.Backends))
+		}
 		for bi, b := range f.Backends {
 			backend := func(field, format string, args ...any) {
 				v.add(Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: fmt.Sprintf(format, args...)})
 			}
 			if !validName(b.Name) {
 				backend("name", "%q: %s", b.Name, nameRule)
-			} else if prev, dup := names[b.Name]; dup {
+			} else if prev := firstBackend(f.Backends[:bi], names, b.Name); prev >= 0 {
 				backend("name", "duplicate backend name (also backends[%d])", prev)
-			} else {
+			} else if names != nil {
 				names[b.Name] = bi
 			}
 			if checkAddr(b.Address, func(m string) { backend("address", "%s", m) }) && addrOK &&
@@ -202,50 +206,96 @@ type claim struct {
 	farm  int
 }
 
-// conflicts reports the services claimed by two farms. Sorted by address,
-// protocol and first port, a claim can only overlap claims before it whose
-// range reaches it, so one pass finds them all in O(n log n).
+// conflicts reports the services claimed by two farms. Single ports, the
+// common case, meet in a map; ranges are sorted and checked against each
+// other and, by binary search, against the single ports: O(n log r).
 func (v *validator) conflicts(s State, claims []claim) {
-	slices.SortFunc(claims, func(a, b claim) int {
+	type service struct {
+		addr  netip.Addr
+		proto uint8
+		port  uint16
+	}
+	report := func(a, b claim) {
+		if a.farm == b.farm {
+			return
+		}
+		first, second := a, b
+		if first.farm > second.farm {
+			first, second = second, first
+		}
+		f := s.Farms[second.farm]
+		v.add(Problem{Farm: f.Name, FarmIndex: second.farm, BackendIndex: -1, Field: "ports",
+			Message: fmt.Sprintf("%s %s port %s is already served by farm %q (farms[%d]) port %s",
+				f.Address, protoName(a.proto), second.ports, s.Farms[first.farm].Name, first.farm, first.ports)})
+	}
+	exact := make(map[service]claim, len(claims))
+	var ranges []claim
+	for _, c := range claims {
+		if c.ports.First != c.ports.Last {
+			ranges = append(ranges, c)
+			continue
+		}
+		k := service{c.addr, c.proto, c.ports.First}
+		if o, dup := exact[k]; dup {
+			report(o, c)
+			continue
+		}
+		exact[k] = c
+	}
+	if len(ranges) == 0 {
+		return
+	}
+	before := func(a, b claim) int {
 		if c := a.addr.Compare(b.addr); c != 0 {
 			return c
 		}
 		if a.proto != b.proto {
 			return int(a.proto) - int(b.proto)
 		}
-		if a.ports.First != b.ports.First {
-			return int(a.ports.First) - int(b.ports.First)
-		}
-		return a.farm - b.farm
-	})
-	reach := uint16(0) // the highest port claimed so far for this address and protocol
-	for i, c := range claims {
-		if i == 0 || claims[i-1].addr != c.addr || claims[i-1].proto != c.proto {
-			reach = 0
-		}
-		if reach < c.ports.First {
-			reach = max(reach, c.ports.Last)
-			continue // the common case: no overlap
-		}
-		reach = max(reach, c.ports.Last)
+		return int(a.ports.First) - int(b.ports.First)
+	}
+	slices.SortFunc(ranges, before)
+	for i, c := range ranges {
 		for j := i - 1; j >= 0; j-- {
-			o := claims[j]
+			o := ranges[j]
 			if o.addr != c.addr || o.proto != c.proto {
 				break
 			}
-			if o.ports.Last < c.ports.First || o.farm == c.farm {
-				continue
+			if o.ports.Last >= c.ports.First {
+				report(o, c)
 			}
-			first, second := o, c
-			if first.farm > second.farm {
-				first, second = second, first
-			}
-			f := s.Farms[second.farm]
-			v.add(Problem{Farm: f.Name, FarmIndex: second.farm, BackendIndex: -1, Field: "ports",
-				Message: fmt.Sprintf("%s %s port %s is already served by farm %q (farms[%d]) port %s",
-					f.Address, protoName(c.proto), second.ports, s.Farms[first.farm].Name, first.farm, first.ports)})
 		}
 	}
+	for _, c := range exact {
+		// The last range starting at or before the port, and those before
+		// it on the same address and protocol, are the only candidates.
+		i, _ := slices.BinarySearchFunc(ranges, c, before)
+		if i < len(ranges) && ranges[i].addr == c.addr && ranges[i].proto == c.proto && ranges[i].ports.First == c.ports.First {
+			i++
+		}
+		for j := i - 1; j >= 0; j-- {
+			o := ranges[j]
+			if o.addr != c.addr || o.proto != c.proto {
+				break
+			}
+			if o.ports.Last >= c.ports.First {
+				report(o, c)
+			}
+		}
+	}
+}
+
+// firstBackend returns the index of the backend named name in earlier,
+// or -1: by scanning, which beats allocating a map for the few backends of
+// most farms, or in names when the caller keeps one.
+func firstBackend(earlier []Backend, names map[string]int, name string) int {
+	if names != nil {
+		if i, ok := names[name]; ok {
+			return i
+		}
+		return -1
+	}
+	return slices.IndexFunc(earlier, func(o Backend) bool { return o.Name == name })
 }
 
 func protoName(p uint8) string {

@@ -2,6 +2,7 @@ package lb
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -54,6 +55,17 @@ func TestValidateNamesFieldOfEveryProblem(t *testing.T) {
 		{"weight too big", func(s *State) { s.Farms[0].Backends[0].Weight = MaxWeight + 1 }, Options{}, "farms[web].backends[app0].weight: 10001 is outside"},
 		{"duplicate backend", func(s *State) { s.Farms[0].Backends[1].Name = "app0" }, Options{}, "farms[web].backends[app0].name: duplicate backend"},
 		{"bad state", func(s *State) { s.Farms[0].Backends[0].State = 7 }, Options{}, "farms[web].backends[app0].state:"},
+		{"duplicate backend in a large farm", func(s *State) {
+			for i := range 100 {
+				s.Farms[0].Backends = append(s.Farms[0].Backends, Backend{Name: fmt.Sprintf("b%d", i), Address: addr("203.0.113.20"), Weight: 1})
+			}
+			s.Farms[0].Backends[90].Name = "app1"
+		}, Options{}, "farms[web].backends[app1].name: duplicate backend name (also backends[1])"},
+		{"two ranges overlap across farms", func(s *State) {
+			s.Farms[1].Address = s.Farms[0].Address
+			s.Farms[0].Ports = []PortRange{{400, 500}}
+			s.Farms[1].Ports = []PortRange{{450, 460}}
+		}, Options{}, `farms[api].ports: 198.51.100.250 tcp port 450-460 is already served by farm "web" (farms[0]) port 400-500`},
 		{"same service twice", func(s *State) { s.Farms[1].Address = s.Farms[0].Address }, Options{}, `farms[api].ports: 198.51.100.250 tcp port 443 is already served by farm "web"`},
 		{"overlapping range across farms", func(s *State) {
 			s.Farms[1].Address = s.Farms[0].Address
