@@ -30,8 +30,7 @@ func TestNATModeSplitsByWeight(t *testing.T) {
 			}
 			mustApply(t, b, lb.State{Farms: []lb.Farm{f}})
 
-			res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), spreadConnections, 16)
-			assertSplit(t, res, names(bed, 2), []int{1, 2})
+			assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 2), []int{1, 2})
 
 			r, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 80))
 			if err != nil {
@@ -48,8 +47,7 @@ func TestDNATModeKeepsClientAddress(t *testing.T) {
 	bed := mustBed(t, testbed.Options{})
 	b := mustOpen(t, bed, lb.Options{})
 	mustApply(t, b, lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.DNAT, backendsOf(bed, false, 80, 1, 1))}})
-	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1000, 8)
-	assertSplit(t, res, names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1000, 8), names(bed, 2), []int{1, 1})
 	for range 20 {
 		r, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 80))
 		if err != nil {
@@ -114,8 +112,7 @@ func TestFarmKinds(t *testing.T) {
 			b := mustOpen(t, bed, lb.Options{})
 			mustApply(t, b, lb.State{Farms: []lb.Farm{tt.farm(bed)}})
 			for _, p := range tt.dst(bed) {
-				res := bed.Clients[0].Spread(testContext(t), tt.network, p.dst, 1000, 8)
-				assertSplit(t, res, names(bed, 2), p.weights)
+				assertSplit(t, spreadOf(t, bed.Clients[0], tt.network, p.dst, 1000, 8), names(bed, 2), p.weights)
 			}
 		})
 	}
@@ -142,10 +139,10 @@ func TestSeveralFarmsAtOnce(t *testing.T) {
 	c := bed.Clients[0]
 	ctx := testContext(t)
 	n := names(bed, 4)
-	assertSplit(t, c.Spread(ctx, "tcp", ap(vip4, 80), 400, 8), n[0:2], []int{1, 1})
-	assertSplit(t, c.Spread(ctx, "tcp", ap(vip4, 443), 400, 8), n[1:3], []int{1, 1})
-	assertSplit(t, c.Spread(ctx, "tcp", ap(vip4, 53), 400, 8), n[2:4], []int{1, 1})
-	assertSplit(t, c.Spread(ctx, "udp", ap(vip4, 53), 400, 8), n[2:4], []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 80), 400, 8), n[0:2], []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 443), 400, 8), n[1:3], []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 53), 400, 8), n[2:4], []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "udp", ap(vip4, 53), 400, 8), n[2:4], []int{1, 1})
 	res := c.Spread(ctx, "tcp", ap(vip6, 80), 50, 4)
 	if res.Errors > 0 || res.Counts[n[0]] != 50 {
 		t.Errorf("web6 with one backend: %s, want all 50 on %s", res, n[0])

@@ -43,8 +43,7 @@ func TestEstablishedConnectionsKeepTheirBackend(t *testing.T) {
 	}
 	assertSameBackends(t, "after a second process adopted the table", conns)
 	// And new connections still use all three backends.
-	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1100, 8)
-	assertSplit(t, res, names(bed, 3), []int{9, 1, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1100, 8), names(bed, 3), []int{9, 1, 1})
 }
 
 func TestBackendStates(t *testing.T) {
@@ -163,7 +162,7 @@ func TestOldSchedulesAreCollected(t *testing.T) {
 	if got := countSchedule(); got != 5*4 {
 		t.Errorf("schedule holds %d elements after 4 changes, want 20 (5 generations)", got)
 	}
-	assertSplit(t, bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
 
 	// A new process adopts the old generations as garbage too.
 	b2 := mustOpen(t, bed, lb.Options{})
@@ -176,5 +175,5 @@ func TestOldSchedulesAreCollected(t *testing.T) {
 	if res := mustApply(t, b2, s); res.Changed {
 		t.Errorf("re-applying after Collect sent %d messages", res.Messages)
 	}
-	assertSplit(t, bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
 }

@@ -27,9 +27,9 @@ func TestRenderedTextBalancesTheSame(t *testing.T) {
 	runNft(t, bed.Balancer.Namespace, []byte(text), "-f", "-")
 
 	c := bed.Clients[0]
-	assertSplit(t, c.Spread(testContext(t), "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 3), []int{1, 2, 3})
-	assertSplit(t, c.Spread(testContext(t), "tcp", ap(vip6, 80), 1000, 8), names(bed, 2), []int{3, 1})
-	assertSplit(t, c.Spread(testContext(t), "udp", ap(vip4, 53), 1000, 8), names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 3), []int{1, 2, 3})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip6, 80), 1000, 8), names(bed, 2), []int{3, 1})
+	assertSplit(t, spreadOf(t, c, "udp", ap(vip4, 53), 1000, 8), names(bed, 2), []int{1, 1})
 	if r, err := c.Ask(testContext(t), "udp", ap(vip4, 53)); err != nil || r.Source.Addr() != vip4 {
 		t.Errorf("udp farm with source %s: backend saw %v (%v)", vip4, r.Source, err)
 	}
@@ -40,5 +40,5 @@ func TestRenderedTextBalancesTheSame(t *testing.T) {
 	if res := mustApply(t, b, s); !res.Rebuilt {
 		t.Errorf("lb adopted an nft -f table as its own: %+v", res)
 	}
-	assertSplit(t, c.Spread(testContext(t), "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 3), []int{1, 2, 3})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 3), []int{1, 2, 3})
 }

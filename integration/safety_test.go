@@ -82,8 +82,7 @@ func TestKernelRejectedBatchLeavesRulesetIntact(t *testing.T) {
 		t.Errorf("ruleset changed by a rejected batch:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 	// The data plane still runs the previous state: backend2 gets nothing.
-	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 400, 8)
-	assertSplit(t, res, names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 400, 8), names(bed, 2), []int{1, 1})
 }
 
 // Another table in the same namespace, and other users of the packet and
@@ -130,8 +129,7 @@ func TestForeignTableAndMarksUntouched(t *testing.T) {
 	b := mustOpen(t, bed, lb.Options{FlushConntrack: true})
 	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
 	mustApply(t, b, s)
-	res := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, 80), 200, 4)
-	assertSplit(t, res, names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 200, 4), names(bed, 2), []int{1, 1})
 
 	counters := runNft(t, ns, nil, "list", "counters", "table", "inet", "other")
 	for _, name := range []string{"packet_marks", "conn_marks"} {

@@ -63,6 +63,5 @@ func TestTenThousandBackendsInOneApply(t *testing.T) {
 	last.Backends = backendsOf(bed, false, 80, 1, 1)
 	s.Farms[farms-1] = last
 	mustApply(t, b2, s)
-	spread := bed.Clients[0].Spread(testContext(t), "tcp", ap(vip4, last.Ports[0].First), 400, 8)
-	assertSplit(t, spread, names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, last.Ports[0].First), 400, 8), names(bed, 2), []int{1, 1})
 }
