@@ -69,8 +69,8 @@ func RunInNetNS(ns NetNS, fn func() error) error {
 			done <- result{err: &OpError{Op: "enter", Object: ns.String(), Err: err}}
 			return
 		}
-		defer orig.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			orig.Close()
 			runtime.UnlockOSThread()
 			done <- result{err: &OpError{Op: "enter", Object: ns.String(), Err: err}}
 			return
@@ -85,6 +85,7 @@ func RunInNetNS(ns NetNS, fn func() error) error {
 			} else {
 				runtime.UnlockOSThread()
 			}
+			orig.Close() // before reporting, so that no descriptor outlives the call
 			done <- res
 		}()
 		res = result{err: fn()}
