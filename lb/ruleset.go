@@ -58,35 +58,29 @@ func index(es []element) map[string]element {
 // elementDiff adds to del and add what turns have into want, per set.
 func elementDiff(have, want elements, del, add map[string][]nft.Element) {
 	for set, hs := range have {
-		ws := want[set]
-		if len(ws) == 0 {
-			for _, h := range hs {
-				del[set] = append(del[set], h.Element)
-			}
-			continue
-		}
-		wi := index(ws)
-		for _, h := range hs {
-			if w, ok := wi[elementID(h.Element)]; !ok || !sameElement(w.Element, h.Element) {
-				del[set] = append(del[set], h.Element)
-			}
-		}
+		del[set] = appendMissing(del[set], hs, want[set])
 	}
 	for set, ws := range want {
-		hs := have[set]
-		if len(hs) == 0 {
-			for _, w := range ws {
-				add[set] = append(add[set], w.Element)
-			}
-			continue
+		add[set] = appendMissing(add[set], ws, have[set])
+	}
+}
+
+// appendMissing appends to out the elements of from that are not, as they
+// are, in other.
+func appendMissing(out []nft.Element, from, other []element) []nft.Element {
+	if len(other) == 0 {
+		for _, e := range from {
+			out = append(out, e.Element)
 		}
-		hi := index(hs)
-		for _, w := range ws {
-			if h, ok := hi[elementID(w.Element)]; !ok || !sameElement(w.Element, h.Element) {
-				add[set] = append(add[set], w.Element)
-			}
+		return out
+	}
+	oi := index(other)
+	for _, e := range from {
+		if o, ok := oi[elementID(e.Element)]; !ok || !sameElement(o.Element, e.Element) {
+			out = append(out, e.Element)
 		}
 	}
+	return out
 }
 
 // sameSetElements reports whether two lists hold the same elements.

@@ -43,12 +43,7 @@ func checkSplit(tb testing.TB, counts map[string]int, want0 float64) {
 }
 
 func TestConfigFileSplitsTrafficByWeight(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	mustWriteConfig(t, path, defaultFarm(topo).text(t))
-	a := mustStartAgent(t, topo, path)
+	topo, _, a := mustStartDefault(t)
 
 	r := spread(t, topo, vip, 300)
 	if r.Errors > 0 {
@@ -145,12 +140,7 @@ func TestSIGHUPReloads(t *testing.T) {
 }
 
 func TestAPIChangeIsAppliedAndPersisted(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	mustWriteConfig(t, path, defaultFarm(topo).text(t))
-	a := mustStartAgent(t, topo, path)
+	topo, path, a := mustStartDefault(t)
 	ctx := context.Background()
 
 	// The CLI, through the API.
@@ -506,12 +496,7 @@ func freeLoopbackPort(tb testing.TB) string {
 }
 
 func TestAPIRejectsBadBodies(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	mustWriteConfig(t, path, defaultFarm(topo).text(t))
-	a := mustStartAgent(t, topo, path)
+	_, path, a := mustStartDefault(t)
 	before, _ := os.ReadFile(path)
 	c := unixHTTP(a.socket)
 

@@ -188,6 +188,18 @@ type agent struct {
 
 // mustStartAgent runs `l4nft run` on the config file in the balancer's
 // namespace and waits until its API answers.
+// mustStartDefault skips without root, runs the test in parallel, and
+// starts an agent on a new topology with the default farm's config file.
+func mustStartDefault(t *testing.T) (*testbed.Topology, string, *agent) {
+	t.Helper()
+	requireRoot(t)
+	t.Parallel()
+	topo := mustTopology(t)
+	path := filepath.Join(t.TempDir(), "l4nft.yaml")
+	mustWriteConfig(t, path, defaultFarm(topo).text(t))
+	return topo, path, mustStartAgent(t, topo, path)
+}
+
 func mustStartAgent(tb testing.TB, topo *testbed.Topology, config string, extra ...string) *agent {
 	tb.Helper()
 	socket := filepath.Join(filepath.Dir(config), "l4nft.sock")
