@@ -43,7 +43,7 @@ func checkSplit(tb testing.TB, counts map[string]int, want0 float64) {
 }
 
 func TestConfigFileSplitsTrafficByWeight(t *testing.T) {
-	topo, _, a := mustStartDefault(t)
+	topo, _, _, a := mustStart(t, nil)
 
 	r := spread(t, topo, vip, 300)
 	if r.Errors > 0 {
@@ -90,13 +90,7 @@ func TestConfigFileSplitsTrafficByWeight(t *testing.T) {
 }
 
 func TestEditedFileIsReloaded(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	fc := defaultFarm(topo)
-	mustWriteConfig(t, path, fc.text(t))
-	a := mustStartAgent(t, topo, path)
+	topo, path, fc, a := mustStart(t, nil)
 
 	fc.State0 = "drain"
 	mustWriteConfig(t, path, fc.text(t))
@@ -115,14 +109,8 @@ func TestEditedFileIsReloaded(t *testing.T) {
 }
 
 func TestSIGHUPReloads(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	fc := defaultFarm(topo)
-	mustWriteConfig(t, path, fc.text(t))
 	// No polling: only SIGHUP reloads.
-	a := mustStartAgent(t, topo, path, "--watch-interval", "-1s", "--resync-interval", "-1s")
+	topo, path, fc, a := mustStart(t, nil, "--watch-interval", "-1s", "--resync-interval", "-1s")
 
 	fc.Weight0, fc.Weight1 = 1, 1
 	mustWriteConfig(t, path, fc.text(t))
@@ -140,7 +128,7 @@ func TestSIGHUPReloads(t *testing.T) {
 }
 
 func TestAPIChangeIsAppliedAndPersisted(t *testing.T) {
-	topo, path, a := mustStartDefault(t)
+	topo, path, _, a := mustStart(t, nil)
 	ctx := context.Background()
 
 	// The CLI, through the API.
@@ -280,14 +268,7 @@ func TestFailingBackendIsMarkedDown(t *testing.T) {
 }
 
 func TestRestartKeepsEstablishedConnections(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	topo := mustTopology(t)
-	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	fc := defaultFarm(topo)
-	fc.Health = "{type: tcp, interval: 100ms}"
-	mustWriteConfig(t, path, fc.text(t))
-	a := mustStartAgent(t, topo, path)
+	topo, path, _, a := mustStart(t, func(fc *farmConfig) { fc.Health = "{type: tcp, interval: 100ms}" })
 	handle := tableHandle(t, topo.Balancer.Namespace)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -496,7 +477,7 @@ func freeLoopbackPort(tb testing.TB) string {
 }
 
 func TestAPIRejectsBadBodies(t *testing.T) {
-	_, path, a := mustStartDefault(t)
+	_, path, _, a := mustStart(t, nil)
 	before, _ := os.ReadFile(path)
 	c := unixHTTP(a.socket)
 

@@ -188,16 +188,21 @@ type agent struct {
 
 // mustStartAgent runs `l4nft run` on the config file in the balancer's
 // namespace and waits until its API answers.
-// mustStartDefault skips without root, runs the test in parallel, and
-// starts an agent on a new topology with the default farm's config file.
-func mustStartDefault(t *testing.T) (*testbed.Topology, string, *agent) {
+// mustStart skips without root, runs the test in parallel, and starts an
+// agent on a new topology with the default farm, changed by edit if not
+// nil, written to a config file. extra are more flags for the agent.
+func mustStart(t *testing.T, edit func(*farmConfig), extra ...string) (*testbed.Topology, string, *farmConfig, *agent) {
 	t.Helper()
 	requireRoot(t)
 	t.Parallel()
 	topo := mustTopology(t)
 	path := filepath.Join(t.TempDir(), "l4nft.yaml")
-	mustWriteConfig(t, path, defaultFarm(topo).text(t))
-	return topo, path, mustStartAgent(t, topo, path)
+	fc := defaultFarm(topo)
+	if edit != nil {
+		edit(&fc)
+	}
+	mustWriteConfig(t, path, fc.text(t))
+	return topo, path, &fc, mustStartAgent(t, topo, path, extra...)
 }
 
 func mustStartAgent(tb testing.TB, topo *testbed.Topology, config string, extra ...string) *agent {
