@@ -497,3 +497,20 @@ func sortElements(es []nft.Element) []nft.Element {
 	})
 	return es
 }
+
+// SetFarm adds f, or replaces the installed farm of that name, and leaves
+// every other farm as it is.
+func (b *Balancer) SetFarm(ctx context.Context, f Farm) (Result, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.state()
+	if i := slices.IndexFunc(s.Farms, func(x Farm) bool { return x.Name == f.Name }); i >= 0 {
+		s.Farms[i] = f
+	} else {
+		s.Farms = append(s.Farms, f)
+	}
+	if err := Validate(s, b.opts); err != nil {
+		return Result{}, err
+	}
+	return b.apply(ctx, s)
+}

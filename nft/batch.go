@@ -16,25 +16,68 @@ const (
 	maxChunkBytes    = 32 << 10
 )
 
-// Batch queues changes to one table. Methods record the first error and
-// ignore every call after it; Conn.Commit reports that error and sends
-// nothing. The zero Batch is not usable: call NewBatch.
+// Batch queues changes to one table as data: a list of Ops that can be
+// inspected, printed and compared before Conn.Commit sends them as one
+// transaction. Methods record the first error and ignore every call after
+// it; Conn.Commit reports that error and sends nothing. The zero Batch is
+// not usable: call NewBatch.
 type Batch struct {
-	table    *nftables.Table
-	ops      []func(*nftables.Conn) error
-	sets     map[string]*nftables.Set
+	table    string
+	ops      []Op
+	sets     map[string]bool // added in this batch
 	messages int
 	elements int
 	err      error
 }
 
+// Verb is what an Op does.
+type Verb uint8
+
+// The verbs of a Batch.
+const (
+	AddTable Verb = iota + 1
+	DeleteTable
+	AddChain
+	AddRule
+	AddSet
+	AddElements
+	DeleteElements
+)
+
+var verbNames = [...]string{AddTable: "add table", DeleteTable: "delete table", AddChain: "add chain",
+	AddRule: "add rule", AddSet: "add set", AddElements: "add element", DeleteElements: "delete element"}
+
+func (v Verb) String() string {
+	if int(v) < len(verbNames) && verbNames[v] != "" {
+		return verbNames[v]
+	}
+	return fmt.Sprintf("verb(%d)", v)
+}
+
+// Op is one queued operation. Only the fields its Verb needs are set.
+type Op struct {
+	Verb Verb
+	// Chain is the chain of AddChain, or the chain AddRule appends to.
+	Chain Chain
+	// Rule is the rule of AddRule.
+	Rule Rule
+	// Set is the set of AddSet, AddElements and DeleteElements.
+	Set Set
+	// Elements are the elements added or deleted.
+	Elements []Element
+}
+
 // NewBatch starts a batch for the inet table named table.
 func NewBatch(table string) *Batch {
-	return &Batch{
-		table: &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
-		sets:  make(map[string]*nftables.Set),
-	}
+	return &Batch{table: table, sets: make(map[string]bool)}
 }
+
+// Table returns the name of the batch's table.
+func (b *Batch) Table() string { return b.table }
+
+// Ops returns the queued operations, in order. The caller must not change
+// them.
+func (b *Batch) Ops() []Op { return b.ops }
 
 // Err returns the first error recorded while queueing.
 func (b *Batch) Err() error { return b.err }
@@ -48,7 +91,7 @@ func (b *Batch) Messages() int { return b.messages }
 // Elements returns the number of set elements added or deleted.
 func (b *Batch) Elements() int { return b.elements }
 
-func (b *Batch) add(messages int, op func(*nftables.Conn) error) {
+func (b *Batch) add(messages int, op Op) {
 	if b.err != nil {
 		return
 	}
@@ -63,15 +106,11 @@ func (b *Batch) fail(err error) {
 }
 
 // AddTable creates the table; it is no error if it exists already.
-func (b *Batch) AddTable() {
-	b.add(1, func(c *nftables.Conn) error { c.AddTable(b.table); return nil })
-}
+func (b *Batch) AddTable() { b.add(1, Op{Verb: AddTable}) }
 
 // DeleteTable deletes the table and everything in it. The table must exist;
 // AddTable then DeleteTable in one batch deletes whether or not it existed.
-func (b *Batch) DeleteTable() {
-	b.add(1, func(c *nftables.Conn) error { c.DelTable(b.table); return nil })
-}
+func (b *Batch) DeleteTable() { b.add(1, Op{Verb: DeleteTable}) }
 
 // Hook attaches a chain to a netfilter hook.
 type Hook struct {
@@ -90,32 +129,8 @@ type Chain struct {
 	Hook *Hook
 }
 
-func (b *Batch) nftChain(name string) *nftables.Chain {
-	return &nftables.Chain{Name: name, Table: b.table}
-}
-
 // AddChain creates a chain.
-func (b *Batch) AddChain(ch Chain) {
-	c := b.nftChain(ch.Name)
-	if h := ch.Hook; h != nil {
-		accept := nftables.ChainPolicyAccept
-		prio := h.Priority
-		c.Type, c.Hooknum, c.Priority, c.Policy = h.Type, h.Hook, &prio, &accept
-	}
-	b.add(1, func(n *nftables.Conn) error { n.AddChain(c); return nil })
-}
-
-// FlushChain deletes every rule of a chain.
-func (b *Batch) FlushChain(name string) {
-	c := b.nftChain(name)
-	b.add(1, func(n *nftables.Conn) error { n.FlushChain(c); return nil })
-}
-
-// DeleteChain deletes an empty, unreferenced chain.
-func (b *Batch) DeleteChain(name string) {
-	c := b.nftChain(name)
-	b.add(1, func(n *nftables.Conn) error { n.DelChain(c); return nil })
-}
+func (b *Batch) AddChain(ch Chain) { b.add(1, Op{Verb: AddChain, Chain: ch}) }
 
 // Rule is one rule: its expressions and the comment that identifies it.
 type Rule struct {
@@ -129,11 +144,7 @@ func (b *Batch) AddRule(chain string, r Rule) {
 		b.fail(fmt.Errorf("rule %q in chain %q has no expressions", r.Comment, chain))
 		return
 	}
-	rule := &nftables.Rule{Table: b.table, Chain: b.nftChain(chain), Exprs: r.Exprs}
-	if r.Comment != "" {
-		rule.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
-	}
-	b.add(1, func(n *nftables.Conn) error { n.AddRule(rule); return nil })
+	b.add(1, Op{Verb: AddRule, Chain: Chain{Name: chain}, Rule: r})
 }
 
 // Set describes a named set or map.
@@ -159,22 +170,12 @@ func (s Set) isMap() bool { return s.Data.Name != "" }
 
 // AddSet creates a set. It is an error if it exists already.
 func (b *Batch) AddSet(s Set) {
-	if _, dup := b.sets[s.Name]; dup {
+	if b.sets[s.Name] {
 		b.fail(fmt.Errorf("set %q added twice", s.Name))
 		return
 	}
-	ns := &nftables.Set{
-		Table:         b.table,
-		Name:          s.Name,
-		KeyType:       s.Key,
-		DataType:      s.Data,
-		IsMap:         s.isMap(),
-		Interval:      s.Interval,
-		Concatenation: s.Concat,
-		Counter:       s.Counter,
-	}
-	b.sets[s.Name] = ns
-	b.add(1, func(n *nftables.Conn) error { return n.AddSet(ns, nil) })
+	b.sets[s.Name] = true
+	b.add(1, Op{Verb: AddSet, Set: s})
 }
 
 // Element is one element of a set or map.
@@ -206,61 +207,106 @@ func (e Element) nft() nftables.SetElement {
 	return nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
 }
 
-// ref returns the set for an element operation: the one added in this
-// batch, or a reference by name to one that exists in the kernel.
-func (b *Batch) ref(s Set) *nftables.Set {
-	if ns, ok := b.sets[s.Name]; ok {
-		return ns
-	}
-	ns := &nftables.Set{
-		Table: b.table, Name: s.Name, KeyType: s.Key, DataType: s.Data,
-		IsMap: s.isMap(), Interval: s.Interval, Concatenation: s.Concat,
-	}
-	b.sets[s.Name] = ns
-	return ns
-}
-
 // AddElements adds elements to a set, in chunks the kernel accepts whole.
 // Adding an element whose key exists fails the batch (EEXIST): delete it in
 // the same batch first to change its value.
 func (b *Batch) AddElements(s Set, elems []Element) {
-	b.elements += len(elems)
-	ns := b.ref(s)
-	for _, chunk := range chunks(elems) {
-		b.add(1, func(n *nftables.Conn) error { return n.SetAddElements(ns, chunk) })
+	if len(elems) == 0 {
+		return
 	}
+	b.elements += len(elems)
+	b.add(len(chunks(elems)), Op{Verb: AddElements, Set: s, Elements: elems})
 }
 
 // DeleteElements deletes elements from a set, in chunks. Deleting an
-// element that is not there fails the batch (ENOENT).
+// element that is not there fails the batch (ENOENT). Only the keys count.
 func (b *Batch) DeleteElements(s Set, elems []Element) {
-	b.elements += len(elems)
-	ns := b.ref(s)
+	if len(elems) == 0 {
+		return
+	}
 	keys := make([]Element, len(elems))
 	for i, e := range elems {
 		keys[i] = Element{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd} // the kernel deletes by key
 	}
-	for _, chunk := range chunks(keys) {
-		b.add(1, func(n *nftables.Conn) error { return n.SetDeleteElements(ns, chunk) })
-	}
+	b.elements += len(elems)
+	b.add(len(chunks(keys)), Op{Verb: DeleteElements, Set: s, Elements: keys})
 }
 
-// chunks converts elements and cuts them into lists that each fit one
-// netlink attribute with room to spare.
-func chunks(elems []Element) [][]nftables.SetElement {
-	var out [][]nftables.SetElement
-	var cur []nftables.SetElement
-	size := 0
-	for _, e := range elems {
-		if len(cur) == maxChunkElements || size+e.size() > maxChunkBytes {
-			out = append(out, cur)
-			cur, size = nil, 0
+// chunks cuts elements into lists that each fit one netlink attribute
+// with room to spare. The lists share elems' backing array.
+func chunks(elems []Element) [][]Element {
+	var out [][]Element
+	first, size := 0, 0
+	for i, e := range elems {
+		if i-first == maxChunkElements || size+e.size() > maxChunkBytes {
+			out = append(out, elems[first:i])
+			first, size = i, 0
 		}
-		cur = append(cur, e.nft())
 		size += e.size()
 	}
-	if len(cur) > 0 {
-		out = append(out, cur)
+	if first < len(elems) {
+		out = append(out, elems[first:])
 	}
 	return out
+}
+
+// queue hands one Op to google/nftables. sets remembers the sets added
+// earlier in the same batch, which later element operations must refer to.
+func queue(n *nftables.Conn, table *nftables.Table, op Op, sets map[string]*nftables.Set) error {
+	switch op.Verb {
+	case AddTable:
+		n.AddTable(table)
+	case DeleteTable:
+		n.DelTable(table)
+	case AddChain:
+		c := &nftables.Chain{Name: op.Chain.Name, Table: table}
+		if h := op.Chain.Hook; h != nil {
+			accept := nftables.ChainPolicyAccept
+			prio := h.Priority
+			c.Type, c.Hooknum, c.Priority, c.Policy = h.Type, h.Hook, &prio, &accept
+		}
+		n.AddChain(c)
+	case AddRule:
+		r := &nftables.Rule{Table: table, Chain: &nftables.Chain{Name: op.Chain.Name, Table: table}, Exprs: op.Rule.Exprs}
+		if op.Rule.Comment != "" {
+			r.UserData = userdata.AppendString(nil, userdata.TypeComment, op.Rule.Comment)
+		}
+		n.AddRule(r)
+	case AddSet:
+		s := nftSet(table, op.Set)
+		s.Counter = op.Set.Counter
+		sets[s.Name] = s
+		return n.AddSet(s, nil)
+	case AddElements, DeleteElements:
+		s := sets[op.Set.Name]
+		if s == nil {
+			s = nftSet(table, op.Set)
+			sets[s.Name] = s
+		}
+		for _, chunk := range chunks(op.Elements) {
+			es := make([]nftables.SetElement, len(chunk))
+			for i, e := range chunk {
+				es[i] = e.nft()
+			}
+			var err error
+			if op.Verb == AddElements {
+				err = n.SetAddElements(s, es)
+			} else {
+				err = n.SetDeleteElements(s, es)
+			}
+			if err != nil {
+				return fmt.Errorf("%s in set %s: %w", op.Verb, op.Set.Name, err)
+			}
+		}
+	default:
+		return fmt.Errorf("unknown operation %v", op.Verb)
+	}
+	return nil
+}
+
+func nftSet(table *nftables.Table, s Set) *nftables.Set {
+	return &nftables.Set{
+		Table: table, Name: s.Name, KeyType: s.Key, DataType: s.Data,
+		IsMap: s.isMap(), Interval: s.Interval, Concatenation: s.Concat,
+	}
 }

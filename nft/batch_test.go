@@ -20,7 +20,7 @@ func TestChunksStayUnderTheAttributeLimit(t *testing.T) {
 	for i, c := range got {
 		size := 0
 		for _, e := range c {
-			size += len(e.Key) + len(e.Val) + len(e.Comment) + 64
+			size += e.size()
 		}
 		if len(c) > maxChunkElements || size > maxChunkBytes {
 			t.Errorf("chunk %d: %d elements, ~%d bytes; limits %d, %d", i, len(c), size, maxChunkElements, maxChunkBytes)

@@ -24,6 +24,15 @@ type Conn struct {
 	mu   sync.Mutex
 	ns   *os.File // kept open for the Conn's life: see the package doc
 	desc string
+	// nl is the lasting netlink socket, dialled on first use and dropped
+	// after any failure. One socket for the Conn's life matters: closing
+	// a netlink socket waits for nf_tables' deferred destroy work (an RCU
+	// grace period, 8-30 ms) whenever an earlier transaction freed
+	// something, so a socket per transaction made every deletion slow.
+	nl *nftables.Conn
+	// gen is a socket of its own for generation queries, which
+	// google/nftables does not offer.
+	gen *netlink.Conn
 }
 
 // Open connects to nftables in ns. It fails with ErrNotNetNS if ns does not
@@ -85,16 +94,30 @@ func raiseBuffers(c *netlink.Conn) error {
 	return nil
 }
 
-// Close releases the namespace descriptor. The Conn cannot be used again.
+// Close closes the socket and releases the namespace descriptor. The Conn
+// cannot be used again.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ns == nil {
 		return nil
 	}
+	c.dropLocked()
 	err := c.ns.Close()
 	c.ns = nil
 	return err
+}
+
+// dropLocked closes the lasting socket; the next use dials a new one.
+func (c *Conn) dropLocked() {
+	if c.nl != nil {
+		_ = c.nl.CloseLasting()
+		c.nl = nil
+	}
+	if c.gen != nil {
+		_ = c.gen.Close()
+		c.gen = nil
+	}
 }
 
 // NetNSFd returns the descriptor of the Conn's namespace, valid until Close.
@@ -108,24 +131,34 @@ func (c *Conn) NetNSFd() int {
 	return int(c.ns.Fd())
 }
 
-// use runs f under the Conn's lock with a fresh google/nftables connection
-// in the Conn's namespace. A fresh one per call means a batch that fails
-// while being built is simply dropped: google/nftables has no way to discard
-// queued messages, and a later Flush would send them.
+// use runs f under the Conn's lock with the Conn's lasting google/nftables
+// connection. If f fails, the socket is dropped and the next call dials a
+// new one. That is what keeps a failed build from leaking into the next
+// commit: google/nftables has no way to discard queued messages, and it
+// keeps a marshalling error for good once one happened. It also discards
+// whatever acknowledgements an interrupted receive left unread.
 func (c *Conn) use(f func(*nftables.Conn) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ns == nil {
 		return ErrClosed
 	}
-	n, err := nftables.New(
-		nftables.WithNetNSFd(int(c.ns.Fd())),
-		nftables.WithSockOptions(raiseBuffers),
-	)
-	if err != nil {
+	if c.nl == nil {
+		n, err := nftables.New(
+			nftables.WithNetNSFd(int(c.ns.Fd())),
+			nftables.WithSockOptions(raiseBuffers),
+			nftables.AsLasting(),
+		)
+		if err != nil {
+			return fmt.Errorf("dialling nftables: %w", err)
+		}
+		c.nl = n
+	}
+	if err := f(c.nl); err != nil {
+		c.dropLocked()
 		return err
 	}
-	return f(n)
+	return nil
 }
 
 // Commit sends b as one transaction. On error the kernel applied nothing,
@@ -135,18 +168,20 @@ func (c *Conn) use(f func(*nftables.Conn) error) error {
 // An empty batch sends nothing.
 func (c *Conn) Commit(ctx context.Context, b *Batch) error {
 	if err := b.Err(); err != nil {
-		return &OpError{Op: "commit", Object: "table " + b.table.Name, Err: err}
+		return &OpError{Op: "commit", Object: "table " + b.table, Err: err}
 	}
 	if b.Empty() {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
-		return &OpError{Op: "commit", Object: "table " + b.table.Name, Err: err}
+		return &OpError{Op: "commit", Object: "table " + b.table, Err: err}
 	}
 	err := c.use(func(n *nftables.Conn) error {
+		table := &nftables.Table{Name: b.table, Family: nftables.TableFamilyINet}
+		sets := map[string]*nftables.Set{}
 		for _, op := range b.ops {
-			if err := op(n); err != nil {
-				return fmt.Errorf("building batch: %w", err)
+			if err := queue(n, table, op, sets); err != nil {
+				return fmt.Errorf("building batch, nothing sent: %w", err)
 			}
 		}
 		if err := n.Flush(); err != nil {
@@ -159,7 +194,7 @@ func (c *Conn) Commit(ctx context.Context, b *Batch) error {
 		return nil
 	})
 	if err != nil {
-		return &OpError{Op: "commit", Object: "table " + b.table.Name, Err: err}
+		return &OpError{Op: "commit", Object: "table " + b.table, Err: err}
 	}
 	return nil
 }

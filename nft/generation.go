@@ -1,0 +1,70 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Generation returns the namespace's nf_tables ruleset generation: a
+// counter the kernel increments with every committed transaction, ours or
+// anyone's. If it is the one seen right after our last commit, nothing in
+// the namespace changed since, and a full read-back can be skipped.
+// Asking costs one small netlink round trip.
+func (c *Conn) Generation() (uint32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ns == nil {
+		return 0, ErrClosed
+	}
+	if c.gen == nil {
+		nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(c.ns.Fd())})
+		if err != nil {
+			return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
+		}
+		c.gen = nl
+	}
+	id, err := getGeneration(c.gen)
+	if err != nil {
+		c.gen.Close()
+		c.gen = nil
+		return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
+	}
+	return id, nil
+}
+
+func getGeneration(nl *netlink.Conn) (uint32, error) {
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			Flags: netlink.Request,
+		},
+		// struct nfgenmsg: family AF_UNSPEC, version 0, resource id 0.
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("no generation id in the kernel's answer")
+}
