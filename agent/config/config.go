@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -291,3 +292,35 @@ func (c *Config) HealthTargets() []health.Target {
 	}
 	return out
 }
+
+// Equal reports whether f and g configure the same farm (where in which
+// source they were read does not count).
+func (f *Farm) Equal(g *Farm) bool {
+	if f.Name != g.Name || f.Address != g.Address || f.Protocol != g.Protocol || f.Mode != g.Mode ||
+		f.Scheduler != g.Scheduler || f.Source != g.Source || !slices.Equal(f.Ports, g.Ports) ||
+		!sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) {
+		return false
+	}
+	for i := range f.Backends {
+		a, b := &f.Backends[i], &g.Backends[i]
+		if a.Name != b.Name || a.Address != b.Address || a.Port != b.Port || a.Weight != b.Weight ||
+			a.State != b.State || !sameHealth(a.Health, b.Health) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameHealth(a, b *Health) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// SourceFile returns the file the farm was read from ("request body" for
+// an API request).
+func (f *Farm) SourceFile() string { return f.src }
+
+// SetSource sets the name problems about f are reported against.
+func (f *Farm) SetSource(name string) { f.src = name }

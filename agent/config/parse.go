@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"encoding"
 	"errors"
 	"fmt"
@@ -13,15 +14,20 @@ import (
 	"strconv"
 	"strings"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/l4nft/l4nft/agent/health"
 	"github.com/l4nft/l4nft/lb"
 )
 
-// Load reads, parses and validates the file at path. On any problem it
-// returns an *Error listing all of them.
+// Load reads, parses and validates the file, or the configuration
+// directory, at path. On any problem it returns an *Error listing all of
+// them.
 func Load(path string) (*Config, error) {
+	if IsDir(path) {
+		c, _, err := LoadDir(path)
+		return c, err
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
@@ -88,7 +94,7 @@ func ParseFarm(name string, data []byte) (Farm, error) {
 	if err != nil {
 		return Farm{}, err
 	}
-	f := p.farm(root, -1)
+	f := p.farm(root, label(nameOf(root), 0))
 	f.src = name
 	return f, newError(p.problems)
 }
@@ -302,7 +308,8 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 			}
 			c.Farms = []Farm{}
 			for i, fn := range v.Content {
-				f := p.farm(resolve(fn), i)
+				fn = resolve(fn)
+				f := p.farm(fn, label(nameOf(fn), i))
 				f.src = p.file
 				c.Farms = append(c.Farms, f)
 			}
@@ -334,10 +341,16 @@ func nameOf(n *yaml.Node) string {
 	return ""
 }
 
-// farm parses farms[i]; i < 0 for a farm on its own (API body).
-func (p *parser) farm(n *yaml.Node, i int) Farm {
+// farmNamed parses a farm file's farm, named want unless it says
+// otherwise.
+func (p *parser) farmNamed(n *yaml.Node, want string) Farm {
+	return p.farm(n, cmp.Or(nameOf(n), want))
+}
+
+// farm parses a farm, called farms[lbl] in problems.
+func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 	f := Farm{pos: positions{"": n.Line}}
-	path := "farms[" + label(nameOf(n), max(i, 0)) + "]"
+	path := "farms[" + lbl + "]"
 	at := func(field string) string { return path + "." + field }
 	p.mapping(n, path, map[string]func(*yaml.Node){
 		"name":      func(v *yaml.Node) { p.str(v, at("name"), &f.Name) },

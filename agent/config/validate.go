@@ -14,6 +14,53 @@ import (
 // the API section, every farm with lb.Validate, and every health check. It
 // returns an *Error listing every problem, located in c's source.
 func Validate(c *Config) error {
+	problems := c.topProblems()
+	problems = append(problems, c.lbProblems(lb.Validate(c.State(), c.LBOptions()))...)
+	for fi := range c.Farms {
+		problems = append(problems, c.healthProblems(fi)...)
+	}
+	return newError(problems)
+}
+
+// ValidateTop checks the fields of c other than farms.
+func ValidateTop(c *Config) error {
+	problems := c.lbProblems(lb.Validate(lb.State{}, c.LBOptions())) // the table's name, the mark mask
+	return newError(append(problems, c.topProblems()...))
+}
+
+// ValidateFarm checks one farm on its own, with the balancer's options:
+// every field and health check, but not its conflicts with other farms
+// (lb.Balancer.SetFarm checks those; see LocateFarm). It costs what the
+// farm holds, whatever the size of the configuration.
+func ValidateFarm(f *Farm, opts lb.Options) error {
+	c := &Config{Farms: []Farm{*f}, src: f.src}
+	s := lb.State{Farms: []lb.Farm{f.LB()}}
+	problems := c.lbProblems(lb.Validate(s, opts))
+	return newError(append(problems, c.healthProblems(0)...))
+}
+
+// LocateFarm turns an error of lb.Balancer.SetFarm about f into an *Error
+// whose problems point at f's lines. Other errors are returned as they
+// are.
+func LocateFarm(f *Farm, err error) error {
+	var ve *lb.ValidationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	c := &Config{Farms: []Farm{*f}, src: f.src}
+	var problems []Problem
+	for _, p := range ve.Problems {
+		if p.Farm == f.Name {
+			p.FarmIndex = 0
+		} else if p.FarmIndex >= 0 {
+			p.FarmIndex = len(c.Farms) // not f: no line
+		}
+		problems = append(problems, c.locate(p))
+	}
+	return newError(problems)
+}
+
+func (c *Config) topProblems() []Problem {
 	var problems []Problem
 	top := func(field, format string, args ...any) {
 		problems = append(problems, Problem{File: c.src, Line: c.pos.lookup(field), Path: field, Message: fmt.Sprintf(format, args...)})
@@ -31,39 +78,50 @@ func Validate(c *Config) error {
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {
 		top("api.tls_cert", "api.tls_cert and api.tls_key go together")
 	}
+	return problems
+}
 
+// lbProblems locates the problems of err, an error of lb.Validate about
+// c's farms.
+func (c *Config) lbProblems(err error) []Problem {
 	var ve *lb.ValidationError
-	if err := lb.Validate(c.State(), c.LBOptions()); errors.As(err, &ve) {
+	if errors.As(err, &ve) {
+		problems := make([]Problem, 0, len(ve.Problems))
 		for _, p := range ve.Problems {
 			problems = append(problems, c.locate(p))
 		}
+		return problems
 	} else if err != nil {
-		top("", "%v", err)
+		return []Problem{{File: c.src, Message: err.Error()}}
 	}
+	return nil
+}
 
-	for fi, f := range c.Farms {
-		seen := map[string]bool{}
-		for bi, b := range f.Backends {
-			spec, _, err := f.HealthSpec(b)
-			if err != nil {
-				continue // reported by the parser
+// healthProblems checks the health checks of c.Farms[fi].
+func (c *Config) healthProblems(fi int) []Problem {
+	var problems []Problem
+	f := &c.Farms[fi]
+	seen := map[string]bool{}
+	for bi, b := range f.Backends {
+		spec, _, err := f.HealthSpec(b)
+		if err != nil {
+			continue // reported by the parser
+		}
+		for _, pr := range spec.Problems() {
+			field := "health." + pr[0]
+			farmLevel := b.Health == nil || !setsField(b.Health, pr[0])
+			p := lb.Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: pr[1]}
+			if farmLevel {
+				p.Backend, p.BackendIndex = "", -1
 			}
-			for _, pr := range spec.Problems() {
-				field := "health." + pr[0]
-				farmLevel := b.Health == nil || !setsField(b.Health, pr[0])
-				p := lb.Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: pr[1]}
-				if farmLevel {
-					p.Backend, p.BackendIndex = "", -1
-				}
-				loc := c.locate(p)
-				if !seen[loc.Path] {
-					seen[loc.Path] = true
-					problems = append(problems, loc)
-				}
+			loc := c.locate(p)
+			if !seen[loc.Path] {
+				seen[loc.Path] = true
+				problems = append(problems, loc)
 			}
 		}
 	}
-	return newError(problems)
+	return problems
 }
 
 // setsField reports whether h sets the health field named field.
