@@ -321,8 +321,11 @@ func resetPeakRSS() uint64 {
 func peakRSS() uint64 { return procStatus("VmHWM") }
 
 // procStatus reads a "kB" field of /proc/self/status, in bytes.
-func procStatus(field string) uint64 {
-	b, err := os.ReadFile("/proc/self/status")
+func procStatus(field string) uint64 { return procStatusOf("/proc/self/status", field) }
+
+// procStatusOf reads a "kB" field of a /proc/PID/status file, in bytes.
+func procStatusOf(path, field string) uint64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}

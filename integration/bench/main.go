@@ -53,9 +53,30 @@ type config struct {
 	IptablesTimeout time.Duration
 	// Smoke marks a run that checks the suite works, not how fast.
 	Smoke bool
+	// Suite is "lib" (the library, iptables and the floor: the sections)
+	// or "agent" (the l4nft binary's control plane, agent.go).
+	Suite string
+	// AgentWatch is the agent's --watch-interval in the agent suite.
+	AgentWatch time.Duration
+	// AgentChanges is how many API changes the agent makes before its
+	// memory is read the second time.
+	AgentChanges int
+	// L4nftBinary is a prebuilt l4nft; empty builds agent/cmd/l4nft.
+	L4nftBinary string
+	// AgentDir is where the agent's file and socket go (a temporary
+	// directory under it); empty is os.TempDir.
+	AgentDir string
+	// WriteResults makes the agent suite write its section into Out.
+	WriteResults bool
 	// Command is the command line, for the report.
 	Command string
 }
+
+// Suites (-suite).
+const (
+	suiteLib   = "lib"
+	suiteAgent = "agent"
+)
 
 // Tools the suite runs inside the namespaces (Debian packages iptables and
 // nftables).
@@ -84,6 +105,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg.Command = "go run ./integration/bench " + strings.Join(args, " ")
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stdout, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+	}
+	if cfg.Suite == suiteAgent {
+		res := newAgentResults(cfg)
+		var err error
+		if res.Rows, err = runAgentSuite(ctx, cfg, logf); err != nil {
+			fmt.Fprintln(stderr, "bench:", err)
+			return 1
+		}
+		res.Finished = time.Now()
+		section := renderAgent(cfg, res)
+		fmt.Fprint(stdout, "\n"+section)
+		if cfg.WriteResults {
+			if err := writeAgentSection(cfg.Out, section); err != nil {
+				fmt.Fprintln(stderr, "bench:", err)
+				return 1
+			}
+			logf("wrote the agent section into %s", cfg.Out)
+		}
+		return 0
 	}
 	res, err := runSuite(ctx, cfg, logf)
 	if err != nil {
@@ -114,8 +154,27 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	changes := fs.Int("changes", 5, "single changes of each kind per control-plane repetition")
 	wide := fs.String("wide", "1000x100", "FARMSxBACKENDS of the large control-plane case (\"\" skips it)")
 	distConns := fs.Int("dist-conns", 100000, "connections per distribution run")
+	suite := fs.String("suite", suiteLib, "lib: the library against iptables and the floor (-sections); agent: the l4nft binary's control plane (defaults: -sizes 100,1000,10000 -wide 1x1000 -reps 5)")
+	agentWatch := fs.Duration("agent-watch", 50*time.Millisecond, "agent suite: the agent's --watch-interval (file reloads wait up to one)")
+	agentChanges := fs.Int("agent-changes", 1000, "agent suite: API changes before the daemon's memory is read again")
+	l4nftBin := fs.String("l4nft", "", "agent suite: a prebuilt l4nft binary (default: build agent/cmd/l4nft)")
+	agentDir := fs.String("agent-dir", "", "agent suite: directory for the agent's file and socket (default $TMPDIR or /tmp); its file system's fsync is part of every API change")
+	writeResults := fs.Bool("write-results", false, "agent suite: write its section into -out, keeping the rest of the file")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *suite == suiteAgent {
+		if !set["sizes"] {
+			*sizes = "100,1000,10000"
+		}
+		if !set["wide"] {
+			*wide = "1x1000"
+		}
+		if !set["reps"] {
+			*reps = 5
+		}
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -125,6 +184,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		Changes: *changes, DistConns: *distConns, Smoke: *smoke,
 		Sections: splitList(*sections), Variants: splitList(*variants),
 		IptablesTimeout: 2 * time.Minute, DistLimit: 2 * time.Minute,
+		Suite: *suite, AgentWatch: *agentWatch, AgentChanges: *agentChanges, L4nftBinary: *l4nftBin, AgentDir: *agentDir, WriteResults: *writeResults,
 	}
 	var err error
 	if cfg.Sizes, err = parseSizes(*sizes); err != nil {
@@ -156,6 +216,10 @@ func smokeConfig(cfg config) config {
 	cfg.Changes = 2
 	cfg.WideFarms, cfg.WidePerFarm = 10, 10
 	cfg.DistConns = 2000
+	if cfg.Suite == suiteAgent {
+		cfg.Sizes = []int{10}
+		cfg.AgentChanges = min(cfg.AgentChanges, 20)
+	}
 	return cfg
 }
 
@@ -171,6 +235,12 @@ func (c config) check() error {
 		return fmt.Errorf("-changes %d: want at least 1", c.Changes)
 	case c.DistConns < 100:
 		return fmt.Errorf("-dist-conns %d: want at least 100", c.DistConns)
+	case c.Suite != suiteLib && c.Suite != suiteAgent:
+		return fmt.Errorf("-suite %q: want %s or %s", c.Suite, suiteLib, suiteAgent)
+	case c.AgentWatch <= 0:
+		return fmt.Errorf("-agent-watch %v: want a positive interval (reloads are measured through the file watcher)", c.AgentWatch)
+	case c.AgentChanges < 0:
+		return fmt.Errorf("-agent-changes %d: want at least 0", c.AgentChanges)
 	}
 	for _, v := range c.Variants {
 		if !contains(allVariants, v) {

@@ -61,6 +61,10 @@ func describeMachine() machine {
 // writeReport writes the markdown report and the plot.
 func writeReport(cfg config, res *results) error {
 	md := renderMarkdown(cfg, res)
+	// The agent suite's section is written by its own runs; keep it.
+	if kept := keptAgentSection(cfg.Out); kept != "" {
+		md = spliceSection(md, headAgent, kept)
+	}
 	if err := os.WriteFile(cfg.Out, []byte(md), 0o644); err != nil {
 		return fmt.Errorf("writing report: %w", err)
 	}
