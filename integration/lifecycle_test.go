@@ -134,22 +134,26 @@ func TestRemoveFarmAndRemoveAll(t *testing.T) {
 	}
 }
 
-// Each change of a farm's weights installs a new schedule and leaves the
-// old one for Collect, which deletes all of them in one batch; traffic
-// follows the newest weights throughout.
-func TestOldSchedulesAreCollected(t *testing.T) {
-	bed := mustBed(t, testbed.Options{})
+// A change of a farm's weights replaces its schedule ranges in place:
+// the kernel holds one schedule per farm whatever the history, traffic
+// follows the newest weights, a new process adopts the table without
+// sending anything, and removing the farm leaves none of its elements.
+func TestSchedulesAreReplacedInPlace(t *testing.T) {
+	bed := mustBed(t, testbed.Options{Ports: []uint16{80, 443}})
 	b := mustOpen(t, bed, lb.Options{})
-	s := lb.State{Farms: []lb.Farm{farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))}}
+	s := lb.State{Farms: []lb.Farm{
+		farm("web", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1)),
+		farm("other", vip4, 443, lb.NAT, backendsOf(bed, false, 443, 1, 1)),
+	}}
 	mustApply(t, b, s)
-	countSchedule := func() int {
+	count := func(set string) int {
 		t.Helper()
 		conn, err := nft.Open(nft.NetNSFd(bed.Balancer.Fd()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		es, err := conn.Elements("l4nft", nft.Set{Name: "schedule"})
+		es, err := conn.Elements("l4nft", nft.Set{Name: set})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,21 +163,22 @@ func TestOldSchedulesAreCollected(t *testing.T) {
 		s.Farms[0].Backends[0].Weight = w
 		mustApply(t, b, s)
 	}
-	if got := countSchedule(); got != 5*4 {
-		t.Errorf("schedule holds %d elements after 4 changes, want 20 (5 generations)", got)
+	if got := count("schedule"); got != 2*4 {
+		t.Errorf("schedule holds %d elements after 4 changes, want 8 (two farms of two ranges)", got)
 	}
 	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
 
-	// A new process adopts the old generations as garbage too.
 	b2 := mustOpen(t, bed, lb.Options{})
-	if err := b2.Collect(testContext(t)); err != nil {
+	if res := mustApply(t, b2, s); res.Changed {
+		t.Errorf("re-applying in a new process sent %d messages", res.Messages)
+	}
+	if _, err := b2.RemoveFarm(testContext(t), "web"); err != nil {
 		t.Fatal(err)
 	}
-	if got := countSchedule(); got != 4 {
-		t.Errorf("schedule holds %d elements after Collect, want 4", got)
+	for set, want := range map[string]int{"schedule": 4, "backends": 2, "farms": 1, "traffic": 2, "services4": 1} {
+		if got := count(set); got != want {
+			t.Errorf("after removing a farm, set %s holds %d elements, want %d", set, got, want)
+		}
 	}
-	if res := mustApply(t, b2, s); res.Changed {
-		t.Errorf("re-applying after Collect sent %d messages", res.Messages)
-	}
-	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 80), 1200, 8), names(bed, 2), []int{5, 1})
+	assertSplit(t, spreadOf(t, bed.Clients[0], "tcp", ap(vip4, 443), 600, 8), names(bed, 2), []int{1, 1})
 }

@@ -19,7 +19,7 @@ func BenchmarkPlanInstall10kFarms(b *testing.B) {
 	for b.Loop() {
 		bl := &Balancer{opts: Options{}.withDefaults()}
 		bl.reset()
-		if _, err := bl.plan(s); err != nil {
+		if _, err := bl.plan(s.Farms, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -27,9 +27,9 @@ func BenchmarkPlanInstall10kFarms(b *testing.B) {
 
 func BenchmarkPlanUnchanged10kFarms(b *testing.B) {
 	s := farms(10000)
-	bl := installed(b, s, Options{})
+	bl, _ := installed(b, s, Options{})
 	for b.Loop() {
-		if p, _ := bl.plan(s); !p.batch.Empty() {
+		if p, _ := bl.plan(s.Farms, nil); !p.empty() {
 			b.Fatal("unchanged state planned a change")
 		}
 	}
@@ -37,10 +37,10 @@ func BenchmarkPlanUnchanged10kFarms(b *testing.B) {
 
 func BenchmarkPlanOneWeight10kFarms(b *testing.B) {
 	s := farms(10000)
-	bl := installed(b, s, Options{})
+	bl, _ := installed(b, s, Options{})
 	s.Farms[5000].Backends[0].Weight = 7
 	for b.Loop() {
-		if p, _ := bl.plan(s); p.batch.Elements() == 0 {
+		if p, _ := bl.plan(s.Farms[5000:5001], nil); p.empty() {
 			b.Fatal("no change planned")
 		}
 	}

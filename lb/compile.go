@@ -67,7 +67,7 @@ func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
 	id := marks.get(objectKey{f.Name, ""})
-	comment := farmComment(f)
+	comment := "farm=" + f.Name
 	textf := func(format string, args ...any) string {
 		if !text {
 			return ""
@@ -94,6 +94,11 @@ func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
 			c.add(ranges, e)
 		}
 	}
+
+	c.add(setFarms, element{
+		Element: nft.Element{Key: nft.Mark(id), Comment: farmComment(f)},
+		text:    textf("%s comment %q", markText(id), farmComment(f)),
+	})
 
 	var up []Backend
 	for _, b := range f.Backends {
@@ -213,7 +218,7 @@ func baseChains(o Options) []chain {
 	mask := o.MarkMask
 	mt := markText(mask)
 	famName := map[nft.Family]string{nft.IPv4: "ipv4", nft.IPv6: "ipv6"}
-	ctNew, unset, isOurs := nft.MatchCtStateNew(), nft.MatchCtMark(0), nft.MatchCtMarkSet(mask)
+	ctNew, unset := nft.MatchCtStateNew(), nft.MatchCtMark(0)
 	choose := func(fam nft.Family, set nft.Set) rule {
 		return rule{
 			Rule: nft.Rule{Exprs: slices.Concat(unset, nft.MatchFamily(fam), nft.SetCtMarkFromService(fam, set.Name)), Comment: "new connection to a farm: mark it with the farm"},
@@ -234,12 +239,12 @@ func baseChains(o Options) []chain {
 				seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
 			},
 			{
-				Rule: nft.Rule{Exprs: slices.Concat(nft.MatchL4Proto(protoTCP), isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
-				text: fmt.Sprintf("meta l4proto tcp ct mark & %s != 0x00000000 ct mark & %s != @%s reject with tcp reset", mt, mt, setBackends.Name),
+				Rule: nft.Rule{Exprs: slices.Concat(nft.MatchL4Proto(protoTCP), nft.MatchCtMarkIn(mask, setFarms.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
+				text: fmt.Sprintf("meta l4proto tcp ct mark & %s @%s reject with tcp reset", mt, setFarms.Name),
 			},
 			{
-				Rule: nft.Rule{Exprs: slices.Concat(isOurs, nft.MatchCtMarkNotIn(mask, setBackends.Name), []expr.Any{nft.RejectUnreachable()}), Comment: "farm without an available backend: refuse"},
-				text: fmt.Sprintf("ct mark & %s != 0x00000000 ct mark & %s != @%s reject with icmpx port-unreachable", mt, mt, setBackends.Name),
+				Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtMarkIn(mask, setFarms.Name), []expr.Any{nft.RejectUnreachable()}), Comment: "farm without an available backend: refuse"},
+				text: fmt.Sprintf("ct mark & %s @%s reject with icmpx port-unreachable", mt, setFarms.Name),
 			},
 		},
 	}

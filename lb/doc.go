@@ -15,11 +15,11 @@
 // Open adopts the table if another process left one, without disturbing
 // traffic. Apply validates the whole State first (a *ValidationError lists
 // every problem, each naming farm, backend and field) and then sends the
-// difference between what is installed and what is wanted as one atomic
-// netlink transaction: the kernel applies all of it or, if it refuses any
-// part, none of it. Applying what is installed sends nothing; changing one
-// backend sends that backend's set elements and at most a new schedule for
-// its farm, whatever the number of farms.
+// difference between what is installed and what is wanted (see below for
+// how it is split into transactions; the kernel applies each whole or not
+// at all). Applying what is installed sends nothing; changing one backend
+// sends that backend's set elements and the changed ranges of its farm's
+// schedule, whatever the number of farms.
 //
 // # The ruleset
 //
@@ -36,14 +36,25 @@
 // rewrite addresses from maps keyed by it. Render prints the ruleset in nft
 // syntax, each rule commented with the iptables rule it replaces.
 //
-// # Changes and garbage
+// # Marks
 //
-// A change to a farm's schedule gives the farm a new mark and a new
-// schedule; the old one is left in place, unreferenced, and Collect
-// deletes such garbage in one batch (Apply calls it once 4,096 elements
-// have built up). The kernel charges a transaction that deletes elements
-// a fixed 8-20 ms on the machines measured, where adding costs well under
-// a millisecond, so deletions are batched rather than paid per change.
+// Every farm and backend has a conntrack mark for its life, derived from
+// its name (see Options.MarkMask): the same configuration gives the same
+// marks on every node and after every rebuild, so conntrack entries synced
+// from another balancer name the same backends here.
+//
+// # Changes without refused connections
+//
+// A change goes to the kernel over one lasting netlink socket in up to
+// three transactions: first the elements nothing refers to yet (a new
+// backend's, a new farm's schedule), then those that re-point traffic (a
+// farm's schedule ranges, replaced in place; the services), last those
+// nothing refers to any more. The kernel does not make one transaction's
+// changes to hash and interval sets visible at the same instant, so a
+// new connection could otherwise meet a schedule that names a backend
+// whose elements are not there yet. Each transaction is atomic and each
+// leaves a complete ruleset. SetFarm and RemoveFarm change one farm at a
+// cost proportional to it; Apply compares every farm of a State first.
 //
 // # Counters
 //

@@ -11,8 +11,11 @@ import (
 const DefaultTable = "l4nft"
 
 // DefaultMarkMask is the conntrack mark bits a Balancer uses when
-// Options.MarkMask is zero: 16 bits, room for 65,535 farms and backends.
-const DefaultMarkMask uint32 = 0xffff0000
+// Options.MarkMask is zero: 24 bits, room for 16,777,215 farms and
+// backends. Marks are derived from names (see Balancer), and a wide range
+// keeps two names from meeting on one mark: at 30,000 farms and backends,
+// about 27 pairs meet, each resolved by order of installation.
+const DefaultMarkMask uint32 = 0xffffff00
 
 // Options configure a Balancer. The zero value is usable.
 type Options struct {

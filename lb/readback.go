@@ -46,19 +46,28 @@ func (b *Balancer) readKernel(ctx context.Context) error {
 		b.opts.Logger.Warn("table's contents cannot be read back; the next apply replaces it", "table", table, "err", err)
 		return nil
 	}
-	b.farms, b.order, b.garbage, b.rebuild = a.farms, a.order, a.orphans, false
+	b.farms, b.order, b.orphans, b.rebuild = a.farms, a.order, a.orphans, false
 	for k, m := range a.marks {
-		b.marks.owner[k], b.marks.used[m] = m, true
-		b.marks.next = max(b.marks.next, m>>b.opts.markShift())
+		b.marks.owner[k], b.marks.used[m] = m, k
 	}
-	// Schedules of farm marks nobody owns are old generations: their marks
-	// stay taken until Collect deletes them.
-	for _, e := range a.orphans[setSchedule.Name] {
-		m := binary.BigEndian.Uint32(e.Key)
-		if !b.marks.used[m] {
-			b.marks.used[m] = true
-			b.garbageMarks = append(b.garbageMarks, m)
+	for _, c := range b.farms {
+		b.services.add(c.spec)
+	}
+	// Marks that elements hold but no farm claims stay reserved until
+	// the next Apply deletes those elements: never handed to a new object.
+	for set, es := range a.orphans {
+		for _, e := range es {
+			m := nft.ParseMark(e.Key)
+			if set == setSchedule.Name {
+				m = scheduleFarm(e.Key)
+			}
+			if _, ok := b.marks.used[m]; !ok && len(e.Key) >= 4 {
+				b.marks.used[m] = objectKey{backend: markText(m)}
+			}
 		}
+	}
+	if b.gen, err = b.conn.Generation(); err != nil {
+		b.gen = 0
 	}
 	return nil
 }
@@ -106,21 +115,36 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
 	protos := map[string]uint8{}
+	// A farm record no service points to is left over from a change that
+	// did not finish: its farm mark's elements are orphans.
+	referenced := map[uint32]bool{}
 	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
 		for _, e := range kernel[set.Name] {
-			kv := parseComment(e.Comment)
-			name := kv["farm"]
-			f := specs[name]
-			if f == nil {
-				f = &Farm{Name: name}
-				if err := f.parseComment(kv); err != nil {
-					return a, err
-				}
-				specs[name] = f
-				id := nft.ParseMark(e.Value)
-				a.marks[objectKey{name, ""}] = id
-				owner[id] = objectKey{name, ""}
+			referenced[nft.ParseMark(e.Value)] = true
+		}
+	}
+	byMark := map[uint32]*Farm{}
+	for _, e := range kernel[setFarms.Name] {
+		if !referenced[nft.ParseMark(e.Key)] {
+			continue
+		}
+		kv := parseComment(e.Comment)
+		f := &Farm{Name: kv["farm"]}
+		if err := f.parseComment(kv); err != nil {
+			return a, err
+		}
+		id := nft.ParseMark(e.Key)
+		specs[f.Name], byMark[id] = f, f
+		a.marks[objectKey{f.Name, ""}] = id
+		owner[id] = objectKey{f.Name, ""}
+	}
+	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
+		for _, e := range kernel[set.Name] {
+			f := byMark[nft.ParseMark(e.Value)]
+			if f == nil || parseComment(e.Comment)["farm"] != f.Name {
+				continue // an orphan
 			}
+			name := f.Name
 			addr, proto, first, err := parseServiceKey(e.Key)
 			if err != nil {
 				return a, fmt.Errorf("farm %q: %w", name, err)
@@ -181,9 +205,10 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 			var ok bool
 			switch set.Name {
 			case setServices4.Name, setServiceRanges4.Name, setServices6.Name, setServiceRanges6.Name:
-				k, ok = objectKey{parseComment(e.Comment)["farm"], ""}, true
+				k, ok = owner[nft.ParseMark(e.Value)]
+				ok = ok && parseComment(e.Comment)["farm"] == k.farm
 			case setSchedule.Name:
-				k, ok = owner[binary.BigEndian.Uint32(e.Key)]
+				k, ok = owner[scheduleFarm(e.Key)]
 			default:
 				k, ok = owner[nft.ParseMark(e.Key)]
 			}

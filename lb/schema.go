@@ -10,7 +10,7 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // The table's sets and maps. Farms and backends are elements of these;
 // there is no kernel object per farm.
@@ -49,9 +49,15 @@ var (
 	// traffic: backend marks; the element counters count every packet
 	// and byte of the backend's connections, both directions.
 	setTraffic = nft.Set{Name: "traffic", Key: nftables.TypeMark, Counter: true}
+	// farms: every farm mark; the comment records the farm's name and
+	// options so a new process can adopt the table. A new connection whose
+	// mark is still its farm's after the schedule lookup found no
+	// available backend, and is refused.
+	setFarms = nft.Set{Name: "farms", Key: nftables.TypeMark}
 	// backends: every backend mark; the comment records the backend's
-	// name, weight and state so a new process can adopt the table. Kept
-	// apart from the counted sets so that changing a weight does not
+	// name, weight and state so a new process can adopt the table. No rule
+	// reads it, so rewriting a comment never affects traffic, and it is
+	// kept apart from the counted sets so that changing a weight does not
 	// reset a counter.
 	setBackends = nft.Set{Name: "backends", Key: nftables.TypeMark}
 	// schema: one element whose comment records the layout version and
@@ -67,7 +73,7 @@ const scheduleSlots = 1 << 24
 var allSets = []nft.Set{
 	setServices4, setServiceRanges4, setServices6, setServiceRanges6, setSchedule,
 	setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
-	setSNAT4, setSNAT6, setMasquerade, setTraffic, setBackends, setSchema,
+	setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema,
 }
 
 // schemaComment is the comment of the schema element for these options.

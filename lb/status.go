@@ -37,10 +37,17 @@ type BackendStatus struct {
 }
 
 // Status reads the counters from the kernel. It costs one dump per set
-// involved, proportional to the number of backends.
+// involved, proportional to the number of backends. The dumps go over a
+// socket of their own and hold no lock that Apply takes: a scrape never
+// delays a change.
 func (b *Balancer) Status(ctx context.Context) (Status, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
+	state, rebuild := b.state(), b.rebuild
+	marks := make(map[objectKey]uint32, len(b.marks.owner))
+	for k, m := range b.marks.owner {
+		marks[k] = m
+	}
+	b.mu.Unlock()
 	type counters struct{ conns, packets, bytes uint64 }
 	byMark := map[uint32]*counters{}
 	get := func(m uint32) *counters {
@@ -49,12 +56,12 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 		}
 		return byMark[m]
 	}
-	if !b.rebuild {
+	if !rebuild {
 		for _, s := range []nft.Set{setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6, setTraffic} {
 			if err := ctx.Err(); err != nil {
 				return Status{}, err
 			}
-			elems, err := b.conn.Elements(b.opts.Table, s)
+			elems, err := b.stats.Elements(b.opts.Table, s)
 			if err != nil {
 				return Status{}, fmt.Errorf("reading counters: %w", err)
 			}
@@ -69,11 +76,11 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	var st Status
-	for _, f := range b.state().Farms {
+	for _, f := range state.Farms {
 		fs := FarmStatus{Farm: f}
 		fs.Farm.Backends = nil
 		for _, be := range f.Backends {
-			m := b.marks.owner[objectKey{f.Name, be.Name}]
+			m := marks[objectKey{f.Name, be.Name}]
 			c := get(m)
 			fs.Backends = append(fs.Backends, BackendStatus{Backend: be, Mark: m, Connections: c.conns, Packets: c.packets, Bytes: c.bytes})
 			fs.Connections += c.conns

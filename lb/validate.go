@@ -190,9 +190,11 @@ func Validate(s State, opts Options) error {
 		}
 	}
 	v.conflicts(s, claims)
-	if max := opts.MaxMarks(); total+len(s.Farms) > max {
+	// One mark more than the farms and backends: a farm's schedule
+	// changes under a spare mark.
+	if max := opts.MaxMarks(); total+len(s.Farms)+1 > max {
 		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "farms",
-			Message: fmt.Sprintf("%d farms and %d backends need a mark each, but mark mask %s has only %d; widen Options.MarkMask",
+			Message: fmt.Sprintf("%d farms and %d backends need a mark each and one spare, but mark mask %s has only %d; widen Options.MarkMask",
 				len(s.Farms), total, markText(opts.MarkMask), max)})
 	}
 	return v.err()

@@ -102,16 +102,10 @@ func MatchCtMark(m uint32) []expr.Any {
 	}
 }
 
-// MatchCtMarkSet matches connections with any of mask's bits set in their
-// mark (ct mark & mask != 0).
-func MatchCtMarkSet(mask uint32) []expr.Any {
-	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(0)})
-}
-
-// MatchCtMarkNotIn matches connections whose ct mark & mask is not an
-// element of set: ct mark & mask != @set.
-func MatchCtMarkNotIn(mask uint32, set string) []expr.Any {
-	return append(LoadCtMark(mask), &expr.Lookup{SourceRegister: reg1, SetName: set, Invert: true})
+// MatchCtMarkIn matches connections whose mark, masked, is in set:
+// ct mark & mask @set.
+func MatchCtMarkIn(mask uint32, set string) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Lookup{SourceRegister: reg1, SetName: set})
 }
 
 // SetCtMarkFromService sets the connection's mark to what map set holds

@@ -1,0 +1,24 @@
+package lb
+
+import (
+	"context"
+
+	"github.com/l4nft/l4nft/nft"
+)
+
+// kernel is what a Balancer needs of nftables: commit a batch, read the
+// table back, tell the ruleset generation. *nft.Conn is the real one; the
+// tests use an in-memory fake with the kernel's all-or-nothing batches,
+// EEXIST and ENOENT.
+type kernel interface {
+	Commit(ctx context.Context, b *nft.Batch) error
+	TableExists(table string) (bool, error)
+	Sets(table string) ([]nft.Set, error)
+	Elements(table string, s nft.Set) ([]nft.Element, error)
+	Generation() (uint32, error)
+	Close() error
+}
+
+// conntrackFlusher cuts connections by mark; the real one needs the
+// namespace's descriptor.
+type conntrackFlusher func(mask uint32, marks []uint32) error
