@@ -33,6 +33,8 @@ type Conn struct {
 	// gen is a socket of its own for generation queries, which
 	// google/nftables does not offer.
 	gen *netlink.Conn
+	// readBuffer is the receive buffer size; tests shrink it.
+	readBuffer int
 }
 
 // Open connects to nftables in ns. It fails with ErrNotNetNS if ns does not
@@ -42,7 +44,7 @@ func Open(ns NetNS) (*Conn, error) {
 	if err != nil {
 		return nil, &OpError{Op: "open", Object: ns.String(), Err: err}
 	}
-	return &Conn{ns: f, desc: ns.String()}, nil
+	return &Conn{ns: f, desc: ns.String(), readBuffer: socketBuffer}, nil
 }
 
 func openNetNS(ns NetNS) (*os.File, error) {
@@ -76,22 +78,24 @@ func openNetNS(ns NetNS) (*os.File, error) {
 // raiseBuffers sizes a netlink socket for large batches. As root the *FORCE
 // options lift the sysctl caps; otherwise the capped size is still better
 // than the default.
-func raiseBuffers(c *netlink.Conn) error {
-	if err := c.SetWriteBuffer(socketBuffer); err != nil {
-		return err
-	}
-	if err := c.SetReadBuffer(socketBuffer); err != nil {
-		return err
-	}
-	raw, err := c.SyscallConn()
-	if err != nil {
+func raiseBuffers(write, read int) nftables.SockOption {
+	return func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(write); err != nil {
+			return err
+		}
+		if err := c.SetReadBuffer(read); err != nil {
+			return err
+		}
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		_ = raw.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, write)
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, read)
+		})
 		return nil
 	}
-	_ = raw.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
-	})
-	return nil
 }
 
 // Close closes the socket and releases the namespace descriptor. The Conn
@@ -146,7 +150,7 @@ func (c *Conn) use(f func(*nftables.Conn) error) error {
 	if c.nl == nil {
 		n, err := nftables.New(
 			nftables.WithNetNSFd(int(c.ns.Fd())),
-			nftables.WithSockOptions(raiseBuffers),
+			nftables.WithSockOptions(raiseBuffers(socketBuffer, c.readBuffer)),
 			nftables.AsLasting(),
 		)
 		if err != nil {

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/google/nftables"
 
 	"github.com/vishvananda/netns"
 )
@@ -47,7 +51,11 @@ func TestConnOutlivesTheCallersDescriptor(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("requires root (CAP_SYS_ADMIN, CAP_NET_ADMIN)")
 	}
+	if os.Geteuid() != 0 {
+		t.Skip("requires root (CAP_NET_ADMIN)")
+	}
 	ns := mustNewNetNS(t)
+	defer ns.Close() // the Conn keeps its own descriptor
 	c, err := Open(NetNSFd(int(ns)))
 	ns.Close() // the caller's copy; the namespace lives on through c
 	if err != nil {
@@ -132,4 +140,116 @@ func mustNewNetNS(t *testing.T) netns.NsHandle {
 	}
 	runtime.UnlockOSThread()
 	return ns
+}
+
+// openTestConn opens a Conn in a new namespace, deleted at cleanup.
+func openTestConn(t *testing.T) *Conn {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("requires root (CAP_NET_ADMIN)")
+	}
+	ns := mustNewNetNS(t)
+	defer ns.Close() // the Conn keeps its own descriptor
+	c, err := Open(NetNSFd(int(ns)))
+	if err != nil {
+		t.Fatalf("failed to open: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func mustTableExists(t *testing.T, c *Conn, want bool) {
+	t.Helper()
+	got, err := c.TableExists("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("table exists = %v, want %v", got, want)
+	}
+}
+
+var testSet = Set{Name: "s", Key: nftables.TypeMark}
+
+// A batch that fails while it is being built sends nothing, and the
+// lasting socket, dropped on that path, serves the next commit.
+func TestFailedBuildSendsNothing(t *testing.T) {
+	c := openTestConn(t)
+	ctx := context.Background()
+	b := NewBatch("t")
+	b.AddTable()
+	b.ops = append(b.ops, Op{Verb: 99}) // a build failure after a queued message
+	if err := c.Commit(ctx, b); err == nil || !strings.Contains(err.Error(), "nothing sent") {
+		t.Fatalf("Commit = %v, want a build error", err)
+	}
+	mustTableExists(t, c, false)
+	good := NewBatch("t")
+	good.AddTable()
+	if err := c.Commit(ctx, good); err != nil {
+		t.Fatalf("commit after a failed build: %v", err)
+	}
+	mustTableExists(t, c, true)
+}
+
+// A batch the kernel refuses changes nothing, and the next commit on the
+// same Conn works.
+func TestRejectedBatchThenNextCommit(t *testing.T) {
+	c := openTestConn(t)
+	ctx := context.Background()
+	b := NewBatch("t")
+	b.AddTable()
+	b.AddSet(testSet)
+	if err := c.Commit(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	bad := NewBatch("t")
+	bad.AddElements(testSet, []Element{{Key: Mark(1)}})
+	bad.DeleteElements(testSet, []Element{{Key: Mark(2)}}) // ENOENT
+	if err := c.Commit(ctx, bad); !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("Commit = %v, want ENOENT", err)
+	}
+	if es, err := c.Elements("t", testSet); err != nil || len(es) != 0 {
+		t.Fatalf("after a refused batch the set holds %d elements (err %v), want 0", len(es), err)
+	}
+	ok := NewBatch("t")
+	ok.AddElements(testSet, []Element{{Key: Mark(1)}})
+	if err := c.Commit(ctx, ok); err != nil {
+		t.Fatalf("commit after a refused one: %v", err)
+	}
+	for i := range uint32(100) { // the lasting socket carries many in a row
+		one := NewBatch("t")
+		one.AddElements(testSet, []Element{{Key: Mark(i + 2)}})
+		one.DeleteElements(testSet, []Element{{Key: Mark(i + 1)}})
+		if err := c.Commit(ctx, one); err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+	}
+}
+
+// Acknowledgements lost to a full receive buffer (ENOBUFS) are reported
+// as ErrStateUnknown, whose batch may well have been committed; the Conn
+// then works again.
+func TestLostAcknowledgementsAreStateUnknown(t *testing.T) {
+	c := openTestConn(t)
+	c.readBuffer = 1024 // far too small for the acknowledgements of the batch below
+	ctx := context.Background()
+	b := NewBatch("t")
+	b.AddTable()
+	b.AddSet(testSet)
+	for i := range 2000 {
+		b.AddElements(testSet, []Element{{Key: Mark(uint32(i + 1))}}) // a message each
+	}
+	err := c.Commit(ctx, b)
+	if !errors.Is(err, ErrStateUnknown) {
+		t.Fatalf("Commit with a tiny receive buffer = %v, want ErrStateUnknown", err)
+	}
+	c.readBuffer = socketBuffer
+	es, err := c.Elements("t", testSet)
+	if err != nil {
+		t.Fatalf("reading back after ENOBUFS: %v", err)
+	}
+	t.Logf("the kernel committed %d of 2000 elements although the acknowledgements were lost", len(es))
+	if len(es) != 2000 {
+		t.Errorf("set holds %d elements: the batch was not atomic", len(es))
+	}
 }
