@@ -182,6 +182,7 @@ func ParseFarmFile(path string, data []byte) (Farm, error) {
 	} else if f.Name != want {
 		p.problems = append(p.problems, Problem{File: path, Line: f.pos.lookup("name"), Path: "farms[" + want + "].name",
 			Message: fmt.Sprintf("%q is not the name of the file: a farm file holds the farm it is named after", f.Name)})
+		f.Name = want
 	}
 	return f, newError(p.problems)
 }

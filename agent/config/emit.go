@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -24,7 +25,6 @@ var (
 	ipv4RE   = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$`)
 	rangeRE  = regexp.MustCompile(`^[0-9]+-[0-9]+$`)
 	durRE    = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`)
-	ipv6RE   = regexp.MustCompile(`^[0-9A-Fa-f:.]*(::|[A-Fa-f])[0-9A-Fa-f:.]*$`)
 	reserved = map[string]bool{"true": true, "false": true, "yes": true, "no": true, "on": true, "off": true,
 		"y": true, "n": true, "null": true, "~": true}
 )
@@ -45,9 +45,16 @@ func plain(s string) bool {
 	if c := s[0]; c >= '0' && c <= '9' {
 		// Numbers, octal, hexadecimal, sexagesimal, dates: quote all but
 		// the shapes known to be strings.
-		return ipv4RE.MatchString(s) || rangeRE.MatchString(s) || durRE.MatchString(s) || ipv6RE.MatchString(s)
+		return ipv4RE.MatchString(s) || rangeRE.MatchString(s) || durRE.MatchString(s) || ipv6(s)
 	}
 	return true
+}
+
+// ipv6 reports whether s is an IPv6 address no YAML 1.1 reader takes for
+// a sexagesimal number: one with a letter or a "::".
+func ipv6(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Is6() && (strings.Contains(s, "::") || strings.ContainsAny(s, "abcdefABCDEF"))
 }
 
 func field(dst []byte, indent, key string) []byte {

@@ -2,10 +2,11 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,9 +37,11 @@ const (
 )
 
 // Observer is told about applies and reloads, for metrics. Its methods
-// are called with the daemon's lock held and must not call back into it.
+// are called with the lock that serialises changes held and must not
+// call back into the daemon's changing methods.
 type Observer interface {
-	// ObserveApply reports one call to lb.Balancer.Apply.
+	// ObserveApply reports one call to lb.Balancer.Apply, SetFarm or
+	// RemoveFarm.
 	ObserveApply(res lb.Result, err error)
 	// ObserveReload reports one attempt to reload the file.
 	ObserveReload(err error)
@@ -46,7 +49,8 @@ type Observer interface {
 
 // Options configure a Daemon.
 type Options struct {
-	// ConfigPath is the configuration file; required.
+	// ConfigPath is the configuration file, or a configuration directory
+	// (see package config); required.
 	ConfigPath string
 	// NetNS is the name of the network namespace (ip netns) to act in;
 	// empty means the agent's own.
@@ -63,9 +67,13 @@ type Options struct {
 	ResyncInterval time.Duration
 }
 
-// Daemon keeps one balancer matching a configuration file, the API's
-// changes and the backends' health. Its methods are safe for concurrent
-// use.
+// Daemon keeps one balancer matching a configuration, the API's changes
+// and the backends' health. Its methods are safe for concurrent use.
+//
+// Changes (API, reload, health, resync) are serialised by one lock and
+// cost what the farms they touch hold. Readers (Status, the metrics,
+// Farm, Farms) never take that lock: they copy what they need under a
+// read lock that changes hold only for the instant of publishing a farm.
 type Daemon struct {
 	opts    Options
 	log     *slog.Logger
@@ -75,13 +83,32 @@ type Daemon struct {
 	mon     *health.Monitor
 	kick    chan struct{}
 	started time.Time
+	dir     bool // ConfigPath is a configuration directory
 
-	mu         sync.Mutex
-	bal        *lb.Balancer
-	cfg        *config.Config // in force: the file's content as last loaded or written
-	fileSum    [32]byte       // hash of that content
-	badSum     [32]byte       // hash of the last rejected content, not to reject it twice
-	seenSum    [32]byte       // hash of a new content seen by the last poll, waiting to settle
+	pendMu  sync.Mutex
+	pending map[string]struct{} // farms whose backends changed health
+
+	mu  sync.Mutex // serialises changes; held by everything below but view
+	bal *lb.Balancer
+	// The configuration in force. Farms are never modified once
+	// published: a change publishes a new *config.Farm in place of the old.
+	top      *config.Config // table, options and api; Farms unused
+	farms    []*config.Farm // in the order of the file or directory
+	index    map[string]*config.Farm
+	needFull bool // a partial apply may have left the kernel elsewhere: retry the whole state
+	// What is on disk.
+	files    map[string]config.File // by path: as last loaded or written
+	farmPath map[string]string      // directory: each farm's file
+	frags    map[string][]byte      // single file: each farm's encoded item, re-encoded when it changes
+	badSum   [32]byte               // the rejected content, not to reject it twice
+	seenSum  [32]byte               // a change seen by the last poll, waiting to settle
+
+	view sync.RWMutex // guards top, farms and index for readers that do not hold mu, and info
+	info info
+}
+
+// info is what Status reports about the daemon's own history.
+type info struct {
 	configErr  *ConfigError
 	applyErr   error
 	last       ApplyInfo
@@ -97,9 +124,11 @@ type nopObserver struct{}
 func (nopObserver) ObserveApply(lb.Result, error) {}
 func (nopObserver) ObserveReload(error)           {}
 
-// New loads the configuration file, adopts the installed table in the
+// New loads the configuration, adopts the installed table in the
 // namespace, starts the health checks and makes the kernel match. It fails
-// if the file is invalid or the apply fails; the kernel is then unchanged.
+// if the configuration is invalid or the apply fails; the kernel is then
+// unchanged. Temporary files a crash left beside the configuration are
+// removed first.
 func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.ConfigPath == "" {
 		return nil, errors.New("no configuration file")
@@ -113,19 +142,18 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.ResyncInterval == 0 {
 		opts.ResyncInterval = DefaultResyncInterval
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, obs: opts.Observer, kick: make(chan struct{}, 1), started: time.Now()}
+	d := &Daemon{opts: opts, log: opts.Logger, obs: opts.Observer, kick: make(chan struct{}, 1), started: time.Now(),
+		dir: config.IsDir(opts.ConfigPath), pending: map[string]struct{}{}, files: map[string]config.File{},
+		farmPath: map[string]string{}, frags: map[string][]byte{}}
 	if d.obs == nil {
 		d.obs = nopObserver{}
 	}
-	data, err := os.ReadFile(opts.ConfigPath)
-	if err != nil {
-		return nil, fmt.Errorf("reading configuration: %w", err)
-	}
-	cfg, err := config.ParseAndValidate(opts.ConfigPath, data)
+	d.removeStaleTemp()
+	cfg, err := d.loadAll()
 	if err != nil {
 		return nil, err
 	}
-	d.cfg, d.fileSum = cfg, sha256.Sum256(data)
+	d.publish(cfg)
 
 	d.lbOpts = cfg.LBOptions()
 	d.lbOpts.Logger = opts.Logger
@@ -151,7 +179,10 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 			d.bal.Close()
 		}
 	}()
-	d.mon = health.NewMonitor(health.Options{Dial: dial, Logger: opts.Logger, OnTransition: func(health.Transition) {
+	d.mon = health.NewMonitor(health.Options{Dial: dial, Logger: opts.Logger, OnTransition: func(t health.Transition) {
+		d.pendMu.Lock()
+		d.pending[t.Key.Farm] = struct{}{}
+		d.pendMu.Unlock()
 		select {
 		case d.kick <- struct{}{}:
 		default: // a reconcile is already pending
@@ -168,9 +199,15 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.updateHealthLocked(func(t *health.Target, b config.Backend) {
-		t.StartUnhealthy = b.State == lb.Up && installed[t.Key] == lb.Drain
-	})
+	var targets []health.Target
+	for _, f := range d.farms {
+		for _, t := range healthTargets(f) {
+			b := f.Backends[slices.IndexFunc(f.Backends, func(b config.Backend) bool { return b.Name == t.Key.Backend })]
+			t.StartUnhealthy = b.State == lb.Up && installed[t.Key] == lb.Drain
+			targets = append(targets, t)
+		}
+	}
+	d.mon.Update(targets)
 	if err := d.reconcileLocked(ctx, "start"); err != nil {
 		d.mon.Close()
 		return nil, err
@@ -178,9 +215,79 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	return d, nil
 }
 
-// Run polls the file, reloads on request (a value on reload, such as
-// SIGHUP), follows health transitions and retries failed applies, until
-// ctx is done. It leaves the data plane as it is; see Close.
+// removeStaleTemp removes the temporary files of writes a crash
+// interrupted.
+func (d *Daemon) removeStaleTemp() {
+	var removed []string
+	var err error
+	if d.dir {
+		removed, err = config.RemoveStaleTemp(d.opts.ConfigPath, "")
+		r, err2 := config.RemoveStaleTemp(filepath.Join(d.opts.ConfigPath, config.FarmsDir), "")
+		if errors.Is(err2, fs.ErrNotExist) {
+			err2 = nil
+		}
+		removed, err = append(removed, r...), errors.Join(err, err2)
+	} else {
+		path := d.opts.ConfigPath
+		if real, err := filepath.EvalSymlinks(path); err == nil {
+			path = real
+		}
+		removed, err = config.RemoveStaleTemp(filepath.Dir(path), filepath.Base(path))
+	}
+	for _, p := range removed {
+		d.log.Warn("removed a temporary file left by an interrupted write", "file", p)
+	}
+	if err != nil {
+		d.log.Warn("could not remove stale temporary files", "err", err)
+	}
+}
+
+// loadAll reads and validates the whole configuration, and records the
+// files read.
+func (d *Daemon) loadAll() (*config.Config, error) {
+	if d.dir {
+		cfg, files, err := config.LoadDir(d.opts.ConfigPath)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			d.files[f.Path] = f
+		}
+		for i := range cfg.Farms {
+			d.farmPath[cfg.Farms[i].Name] = cfg.Farms[i].SourceFile()
+		}
+		return cfg, nil
+	}
+	file, data, err := config.ReadFile(d.opts.ConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("reading configuration: %w", err)
+	}
+	cfg, err := config.ParseAndValidate(d.opts.ConfigPath, data)
+	if err != nil {
+		return nil, err
+	}
+	d.files[d.opts.ConfigPath] = file
+	return cfg, nil
+}
+
+// publish makes cfg the configuration in force.
+func (d *Daemon) publish(cfg *config.Config) {
+	top := *cfg
+	top.Farms = nil
+	farms := make([]*config.Farm, len(cfg.Farms))
+	index := make(map[string]*config.Farm, len(cfg.Farms))
+	for i := range cfg.Farms {
+		farms[i] = &cfg.Farms[i]
+		index[farms[i].Name] = farms[i]
+	}
+	d.view.Lock()
+	d.top, d.farms, d.index = &top, farms, index
+	d.view.Unlock()
+}
+
+// Run polls the configuration, reloads on request (a value on reload,
+// such as SIGHUP), follows health transitions and retries failed applies,
+// until ctx is done. It leaves the data plane as it is; see Close.
 func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	watch := ticker(d.opts.WatchInterval)
 	defer watch.Stop()
@@ -198,8 +305,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.Reload(ctx) // logged inside
 		case <-watch.C:
 			d.mu.Lock()
-			d.pollFileLocked(ctx)
-			if d.applyErr != nil {
+			d.reloadLocked(ctx, true)
+			if d.info.applyErr != nil || d.needFull {
 				d.reconcileLocked(ctx, "retry")
 			}
 			d.mu.Unlock()
@@ -208,9 +315,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 				d.log.Error("re-reading the kernel failed", "err", err)
 			}
 		case <-d.kick:
-			d.mu.Lock()
-			d.reconcileLocked(ctx, "health")
-			d.mu.Unlock()
+			d.applyHealth(ctx)
 		}
 	}
 }
@@ -243,177 +348,97 @@ func (d *Daemon) Close(ctx context.Context, remove bool) error {
 	return errors.Join(errs...)
 }
 
-// Reload reads the file and, if it is valid, applies it. It returns the
-// *config.Error of an invalid file, which leaves everything as it was.
-func (d *Daemon) Reload(ctx context.Context) error {
+// applyHealth re-applies the farms whose backends changed health, and
+// only them.
+func (d *Daemon) applyHealth(ctx context.Context) {
+	d.pendMu.Lock()
+	names := slices.Sorted(maps.Keys(d.pending))
+	clear(d.pending)
+	d.pendMu.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	data, err := os.ReadFile(d.opts.ConfigPath)
-	if err != nil {
-		d.rejectLocked(err, nil)
-		return err
-	}
-	return d.loadLocked(ctx, data, true)
-}
-
-// pollFileLocked reloads the file once a new content has been seen
-// unchanged by two consecutive polls: a file being written in place can
-// be caught half written, and half a file may well be valid YAML.
-func (d *Daemon) pollFileLocked(ctx context.Context) {
-	data, err := os.ReadFile(d.opts.ConfigPath)
-	if err != nil {
-		d.syncFileLocked(ctx) // reports it
-		return
-	}
-	sum := sha256.Sum256(data)
-	if sum != d.fileSum && sum != d.badSum && sum != d.seenSum {
-		d.seenSum = sum // wait one interval for the writer to finish
-		return
-	}
-	d.loadIfChangedLocked(ctx, data)
-}
-
-// syncFileLocked reloads the file at once if its content changed since
-// it was last loaded or written. It returns an error if the file on disk
-// cannot be loaded (so that it is not overwritten).
-func (d *Daemon) syncFileLocked(ctx context.Context) error {
-	data, err := os.ReadFile(d.opts.ConfigPath)
-	if err != nil {
-		if d.configErr == nil || d.configErr.Message != err.Error() {
-			d.rejectLocked(err, nil)
+	for _, name := range names {
+		f := d.index[name]
+		if f == nil {
+			continue // deleted meanwhile
 		}
-		return err
-	}
-	return d.loadIfChangedLocked(ctx, data)
-}
-
-func (d *Daemon) loadIfChangedLocked(ctx context.Context, data []byte) error {
-	sum := sha256.Sum256(data)
-	switch {
-	case sum == d.fileSum:
-		if d.configErr != nil { // back to the content in force
-			d.log.Info("configuration file is back to the version in force", "file", d.opts.ConfigPath)
-			d.configErr, d.badSum = nil, [32]byte{}
-		}
-		return nil
-	case sum == d.badSum && d.configErr != nil:
-		return errors.New(d.configErr.Message)
-	}
-	return d.loadLocked(ctx, data, false)
-}
-
-// loadLocked parses, validates and applies data, the file's content.
-func (d *Daemon) loadLocked(ctx context.Context, data []byte, force bool) error {
-	sum := sha256.Sum256(data)
-	if sum == d.fileSum && !force {
-		return nil
-	}
-	d.reloads++
-	cfg, err := config.ParseAndValidate(d.opts.ConfigPath, data)
-	if err != nil {
-		d.badSum = sum
-		var ce *config.Error
-		if errors.As(err, &ce) {
-			d.rejectLocked(err, ce.Problems)
-		} else {
-			d.rejectLocked(err, nil)
-		}
-		return err
-	}
-	d.warnRestartLocked(cfg)
-	d.cfg, d.fileSum, d.configErr, d.badSum = cfg, sum, nil, [32]byte{}
-	d.updateHealthLocked(nil)
-	if err := d.reconcileLocked(ctx, "reload"); err != nil {
-		// The kernel refused it: keep running what runs, and retry.
-		d.obs.ObserveReload(err)
-		d.log.Error("configuration valid but not applied; retrying", "file", d.opts.ConfigPath, "err", err)
-		return err
-	}
-	d.obs.ObserveReload(nil)
-	d.log.Info("configuration reloaded", "file", d.opts.ConfigPath, "farms", len(cfg.Farms))
-	return nil
-}
-
-func (d *Daemon) rejectLocked(err error, problems []config.Problem) {
-	d.rejected++
-	d.obs.ObserveReload(err)
-	d.configErr = &ConfigError{Time: time.Now(), Message: err.Error(), Problems: problems}
-	args := []any{"file", d.opts.ConfigPath, "err", err}
-	if len(problems) > 0 {
-		args = []any{"file", d.opts.ConfigPath, "problems", len(problems)}
-		for i, p := range problems {
-			args = append(args, fmt.Sprintf("problem%d", i+1), p.String())
+		res, err := d.bal.SetFarm(ctx, d.effective(f))
+		if d.recordLocked("health", res, err) != nil {
+			d.needFull = true
 		}
 	}
-	d.log.Error("configuration rejected; still running the previous one", args...)
 }
 
-// warnRestartLocked logs the settings that only a restart changes.
-func (d *Daemon) warnRestartLocked(next *config.Config) {
-	cur := d.cfg
-	if next.TableName() != cur.TableName() || next.Options != cur.Options {
-		d.log.Warn("table and options changes take effect at the next restart", "table", cur.TableName(), "new_table", next.TableName())
+// healthTargets returns the checks of f's backends.
+func healthTargets(f *config.Farm) []health.Target {
+	var out []health.Target
+	for _, b := range f.Backends {
+		spec, addr, err := f.HealthSpec(b)
+		if err != nil || spec.Type == health.None {
+			continue
+		}
+		out = append(out, health.Target{Key: health.Key{Farm: f.Name, Backend: b.Name}, Addr: addr, Spec: spec})
 	}
-	if next.API != cur.API {
-		d.log.Warn("api changes take effect at the next restart")
-	}
+	return out
 }
 
-// updateHealthLocked gives the monitor the checks of d.cfg; adjust, if
-// not nil, may change each target.
-func (d *Daemon) updateHealthLocked(adjust func(*health.Target, config.Backend)) {
-	var targets []health.Target
-	for _, f := range d.cfg.Farms {
-		for _, b := range f.Backends {
-			spec, addr, err := f.HealthSpec(b)
-			if err != nil || spec.Type == health.None {
-				continue
-			}
-			t := health.Target{Key: health.Key{Farm: f.Name, Backend: b.Name}, Addr: addr, Spec: spec}
-			if adjust != nil {
-				adjust(&t, b)
-			}
-			targets = append(targets, t)
+// effective is the farm to install: f, with up backends failing their
+// checks drained.
+func (d *Daemon) effective(f *config.Farm) lb.Farm {
+	out := f.LB()
+	for bi := range out.Backends {
+		b := &out.Backends[bi]
+		if b.State == lb.Up && !d.mon.Healthy(health.Key{Farm: f.Name, Backend: b.Name}) {
+			b.State = lb.Drain
 		}
 	}
-	d.mon.Update(targets)
+	return out
 }
 
-// effectiveLocked is the state to install: the file's, with up backends
-// failing their checks drained.
+// effectiveLocked is the whole state to install.
 func (d *Daemon) effectiveLocked() lb.State {
-	s := d.cfg.State()
-	for fi := range s.Farms {
-		f := &s.Farms[fi]
-		for bi := range f.Backends {
-			b := &f.Backends[bi]
-			if b.State == lb.Up && !d.mon.Healthy(health.Key{Farm: f.Name, Backend: b.Name}) {
-				b.State = lb.Drain
-			}
-		}
+	s := lb.State{Farms: make([]lb.Farm, 0, len(d.farms))}
+	for _, f := range d.farms {
+		s.Farms = append(s.Farms, d.effective(f))
 	}
 	return s
 }
 
-// reconcileLocked applies the effective state.
+// reconcileLocked applies the whole effective state: at start, on resync
+// and to retry after a failure.
 func (d *Daemon) reconcileLocked(ctx context.Context, reason string) error {
 	res, err := d.bal.Apply(ctx, d.effectiveLocked())
-	d.obs.ObserveApply(res, err)
-	if err != nil {
-		if d.applyErr == nil || d.applyErr.Error() != err.Error() {
-			d.log.Error("apply failed", "reason", reason, "err", err)
-		}
-		d.applyErr = err
+	if err := d.recordLocked(reason, res, err); err != nil {
 		return err
 	}
-	d.applyErr = nil
-	d.last = ApplyInfo{Time: time.Now(), Reason: reason, Changed: res.Changed, Rebuilt: res.Rebuilt && res.Changed,
+	d.needFull = false
+	return nil
+}
+
+// recordLocked reports one apply to the observer and the status.
+func (d *Daemon) recordLocked(reason string, res lb.Result, err error) error {
+	d.obs.ObserveApply(res, err)
+	d.view.Lock()
+	defer d.view.Unlock()
+	in := &d.info
+	if err != nil {
+		if errors.Is(err, lb.ErrInvalid) {
+			return err // refused before the kernel: nothing changed
+		}
+		if in.applyErr == nil || in.applyErr.Error() != err.Error() {
+			d.log.Error("apply failed", "reason", reason, "err", err)
+		}
+		in.applyErr = err
+		return err
+	}
+	in.applyErr = nil
+	in.last = ApplyInfo{Time: time.Now(), Reason: reason, Changed: res.Changed, Rebuilt: res.Rebuilt && res.Changed,
 		Messages: res.Messages, Elements: res.Elements, Duration: res.Duration}
 	if res.Changed {
-		d.lastChange = d.last
-		d.changes++
+		in.lastChange = in.last
+		in.changes++
 		if res.Rebuilt {
-			d.rebuilds++
+			in.rebuilds++
 		}
 	}
 	return nil
@@ -430,66 +455,76 @@ func (d *Daemon) Resync(ctx context.Context) error {
 	if err := d.reconcileLocked(ctx, "resync"); err != nil {
 		return err
 	}
-	if d.last.Changed {
-		d.log.Warn("the kernel differed from the desired state and was repaired", "table", d.lbOpts.Table, "rebuilt", d.last.Rebuilt)
+	if last := d.info.last; last.Changed {
+		d.log.Warn("the kernel differed from the desired state and was repaired", "table", d.lbOpts.Table, "rebuilt", last.Rebuilt)
 	}
 	return nil
 }
 
-// Config returns a copy of the configuration in force.
+// Config returns a copy of the configuration in force. It costs a copy of
+// every farm.
 func (d *Daemon) Config() *config.Config {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.cfg.Clone()
+	d.view.RLock()
+	defer d.view.RUnlock()
+	c := *d.top
+	c.Farms = make([]config.Farm, len(d.farms))
+	for i, f := range d.farms {
+		c.Farms[i] = f.Clone()
+	}
+	return &c
 }
 
 // Render returns the ruleset installed, in nft syntax.
 func (d *Daemon) Render() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	return d.bal.Render()
 }
 
 // Healthz returns nil while the kernel matches the desired state.
 func (d *Daemon) Healthz() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.applyErr != nil {
-		return fmt.Errorf("the last apply failed: %w", d.applyErr)
+	d.view.RLock()
+	defer d.view.RUnlock()
+	if err := d.info.applyErr; err != nil {
+		return fmt.Errorf("the last apply failed: %w", err)
 	}
 	return nil
 }
 
 // Status returns the configured farms with their installed state, health
-// and counters.
+// and counters. It reads the counters without the lock that serialises
+// changes: a scrape never delays a change.
 func (d *Daemon) Status(ctx context.Context) (Status, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.view.RLock()
+	farms := slices.Clone(d.farms)
+	in := d.info
+	d.view.RUnlock()
+
 	ls, err := d.bal.Status(ctx)
 	if err != nil {
 		return Status{}, fmt.Errorf("reading status: %w", err)
 	}
-	installed := map[health.Key]lb.BackendStatus{}
-	for _, f := range ls.Farms {
-		for _, b := range f.Backends {
-			installed[health.Key{Farm: f.Name, Backend: b.Name}] = b
-		}
+	installed := make(map[string]*lb.FarmStatus, len(ls.Farms))
+	for i := range ls.Farms {
+		installed[ls.Farms[i].Name] = &ls.Farms[i]
 	}
 	st := Status{Table: d.lbOpts.Table, NetNS: d.opts.NetNS, Config: d.opts.ConfigPath, StartedAt: d.started,
-		ConfigError: d.configErr, LastApply: d.last, LastChange: d.lastChange, Changes: d.changes, Rebuilds: d.rebuilds,
-		Reloads: d.reloads, Rejected: d.rejected, Farms: []FarmStatus{}}
-	if d.applyErr != nil {
-		st.ApplyError = d.applyErr.Error()
+		ConfigError: in.configErr, LastApply: in.last, LastChange: in.lastChange, Changes: in.changes, Rebuilds: in.rebuilds,
+		Reloads: in.reloads, Rejected: in.rejected, Farms: make([]FarmStatus, 0, len(farms))}
+	if in.applyErr != nil {
+		st.ApplyError = in.applyErr.Error()
 	}
-	for _, f := range d.cfg.Farms {
+	for _, f := range farms {
 		fs := FarmStatus{Name: f.Name, Address: f.Address, Ports: f.Ports, Protocol: f.Protocol, Mode: f.Mode,
-			Scheduler: f.Scheduler, Source: f.Source, Backends: []BackendStatus{}}
+			Scheduler: f.Scheduler, Source: f.Source, Backends: make([]BackendStatus, 0, len(f.Backends))}
+		lf := installed[f.Name]
 		for _, b := range f.Backends {
 			k := health.Key{Farm: f.Name, Backend: b.Name}
 			bs := BackendStatus{Name: b.Name, Address: b.Address, Port: b.Port, Weight: b.Weight, State: b.State}
-			if in, ok := installed[k]; ok {
-				bs.Installed, bs.Effective, bs.Mark = true, in.State, in.Mark
-				bs.Connections, bs.Packets, bs.Bytes = in.Connections, in.Packets, in.Bytes
+			if lf != nil {
+				if i := slices.IndexFunc(lf.Backends, func(x lb.BackendStatus) bool { return x.Name == b.Name }); i >= 0 {
+					in := &lf.Backends[i]
+					bs.Installed, bs.Effective, bs.Mark = true, in.State, in.Mark
+					bs.Connections, bs.Packets, bs.Bytes = in.Connections, in.Packets, in.Bytes
+				}
 			}
 			if h, ok := d.mon.Status(k); ok {
 				bs.Health = &h
@@ -502,132 +537,4 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		st.Farms = append(st.Farms, fs)
 	}
 	return st, nil
-}
-
-// BackendChange changes one backend; nil fields stay as they are.
-type BackendChange struct {
-	Weight *int             `json:"weight,omitempty"`
-	State  *lb.BackendState `json:"state,omitempty"`
-}
-
-// Farms returns the configured farms.
-func (d *Daemon) Farms() []config.Farm {
-	return d.Config().Farms
-}
-
-// Farm returns the farm named name, or ErrNotFound.
-func (d *Daemon) Farm(name string) (config.Farm, error) {
-	f, ok := d.Config().Farm(name)
-	if !ok {
-		return config.Farm{}, fmt.Errorf("farm %q: %w", name, ErrNotFound)
-	}
-	return f, nil
-}
-
-// CreateFarm adds a farm; ErrExists if one has its name.
-func (d *Daemon) CreateFarm(ctx context.Context, f config.Farm) error {
-	return d.mutate(ctx, "api: create farm "+f.Name, func(c *config.Config) error {
-		if _, ok := c.Farm(f.Name); ok {
-			return fmt.Errorf("farm %q: %w", f.Name, ErrExists)
-		}
-		c.Farms = append(c.Farms, f)
-		return nil
-	})
-}
-
-// PutFarm creates or replaces the farm named f.Name and reports whether it
-// was created.
-func (d *Daemon) PutFarm(ctx context.Context, f config.Farm) (created bool, err error) {
-	err = d.mutate(ctx, "api: put farm "+f.Name, func(c *config.Config) error {
-		i := slices.IndexFunc(c.Farms, func(x config.Farm) bool { return x.Name == f.Name })
-		if i < 0 {
-			created = true
-			c.Farms = append(c.Farms, f)
-		} else {
-			c.Farms[i] = f
-		}
-		return nil
-	})
-	return created, err
-}
-
-// DeleteFarm removes a farm; ErrNotFound if there is none.
-func (d *Daemon) DeleteFarm(ctx context.Context, name string) error {
-	return d.mutate(ctx, "api: delete farm "+name, func(c *config.Config) error {
-		i := slices.IndexFunc(c.Farms, func(x config.Farm) bool { return x.Name == name })
-		if i < 0 {
-			return fmt.Errorf("farm %q: %w", name, ErrNotFound)
-		}
-		c.Farms = slices.Delete(c.Farms, i, i+1)
-		return nil
-	})
-}
-
-// SetBackend changes one backend's weight or state and returns it.
-func (d *Daemon) SetBackend(ctx context.Context, farm, backend string, ch BackendChange) (config.Backend, error) {
-	var out config.Backend
-	err := d.mutate(ctx, fmt.Sprintf("api: backend %s/%s", farm, backend), func(c *config.Config) error {
-		i := slices.IndexFunc(c.Farms, func(x config.Farm) bool { return x.Name == farm })
-		if i < 0 {
-			return fmt.Errorf("farm %q: %w", farm, ErrNotFound)
-		}
-		bs := c.Farms[i].Backends
-		j := slices.IndexFunc(bs, func(x config.Backend) bool { return x.Name == backend })
-		if j < 0 {
-			return fmt.Errorf("backend %q of farm %q: %w", backend, farm, ErrNotFound)
-		}
-		if ch.Weight != nil {
-			bs[j].Weight = *ch.Weight
-		}
-		if ch.State != nil {
-			bs[j].State = *ch.State
-		}
-		out = bs[j]
-		return nil
-	})
-	return out, err
-}
-
-// mutate applies change to a copy of the configuration, validates it,
-// applies it to the kernel and writes it to the file.
-func (d *Daemon) mutate(ctx context.Context, reason string, change func(*config.Config) error) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.syncFileLocked(ctx); err != nil {
-		return fmt.Errorf("%w: %s cannot be loaded, fix it first: %w", ErrConflict, d.opts.ConfigPath, err)
-	}
-	prev := d.cfg
-	next := prev.Clone()
-	if err := change(next); err != nil {
-		return err
-	}
-	if err := config.Validate(next); err != nil {
-		return err
-	}
-	data, err := next.Marshal(d.opts.ConfigPath)
-	if err != nil {
-		return err
-	}
-	prevErr := d.applyErr
-	d.cfg = next
-	d.updateHealthLocked(nil)
-	if err := d.reconcileLocked(ctx, reason); err != nil {
-		d.cfg = prev
-		d.updateHealthLocked(nil)
-		d.applyErr = prevErr // the batch was atomic: the kernel is as it was
-		return fmt.Errorf("applying: %w", err)
-	}
-	if err := config.WriteFile(d.opts.ConfigPath, data, 0o600); err != nil {
-		d.cfg = prev
-		d.updateHealthLocked(nil)
-		rerr := d.reconcileLocked(ctx, "rollback")
-		return errors.Join(fmt.Errorf("persisting the change (rolled back): %w", err), rerr)
-	}
-	d.fileSum, d.configErr, d.badSum = sha256.Sum256(data), nil, [32]byte{}
-	// Reparse what was written, so that problems point at its lines.
-	if c, err := config.ParseAndValidate(d.opts.ConfigPath, data); err == nil {
-		d.cfg = c
-	}
-	d.log.Info("change persisted", "reason", reason, "file", d.opts.ConfigPath)
-	return nil
 }

@@ -74,6 +74,7 @@ type Monitor struct {
 
 	mu       sync.Mutex
 	checkers map[Key]*checker
+	farms    map[string]map[string]struct{} // the backends checked, by farm
 }
 
 // NewMonitor returns a Monitor checking nothing yet.
@@ -89,30 +90,57 @@ func NewMonitor(opts Options) *Monitor {
 		opts.OnTransition = func(Transition) {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Monitor{opts: opts, ctx: ctx, cancel: cancel, checkers: map[Key]*checker{}}
+	return &Monitor{opts: opts, ctx: ctx, cancel: cancel, checkers: map[Key]*checker{}, farms: map[string]map[string]struct{}{}}
 }
 
 // Update makes the monitor check exactly targets: new ones start, removed
 // ones stop, and changed ones restart keeping their health if their
 // address did not change. Targets of type None are not checked.
 func (m *Monitor) Update(targets []Target) {
+	byFarm := map[string][]Target{}
+	for _, t := range targets {
+		byFarm[t.Key.Farm] = append(byFarm[t.Key.Farm], t)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for farm := range m.farms {
+		if _, ok := byFarm[farm]; !ok {
+			m.updateFarmLocked(farm, nil)
+		}
+	}
+	for farm, ts := range byFarm {
+		m.updateFarmLocked(farm, ts)
+	}
+}
+
+// UpdateFarm is Update for the backends of one farm: targets are all of
+// farm's, and the other farms' checks are left as they are. It costs what
+// the farm holds.
+func (m *Monitor) UpdateFarm(farm string, targets []Target) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.updateFarmLocked(farm, targets)
+}
+
+func (m *Monitor) updateFarmLocked(farm string, targets []Target) {
 	if m.ctx.Err() != nil {
 		return
 	}
 	want := map[Key]Target{}
 	for _, t := range targets {
-		if t.Spec.Type != None {
+		if t.Spec.Type != None && t.Key.Farm == farm {
 			t.Spec = t.Spec.WithDefaults()
 			want[t.Key] = t
 		}
 	}
 	stopped := map[Key]*checker{}
-	for k, c := range m.checkers {
+	for backend := range m.farms[farm] {
+		k := Key{Farm: farm, Backend: backend}
+		c := m.checkers[k]
 		if t, ok := want[k]; !ok || t.Addr != c.target.Addr || t.Spec != c.target.Spec {
 			c.stop()
 			delete(m.checkers, k)
+			delete(m.farms[farm], backend)
 			stopped[k] = c
 		}
 	}
@@ -127,7 +155,14 @@ func (m *Monitor) Update(targets []Target) {
 		}
 		c := m.newChecker(t, healthy)
 		m.checkers[k] = c
+		if m.farms[farm] == nil {
+			m.farms[farm] = map[string]struct{}{}
+		}
+		m.farms[farm][k.Backend] = struct{}{}
 		m.wg.Go(c.run)
+	}
+	if len(m.farms[farm]) == 0 {
+		delete(m.farms, farm)
 	}
 }
 
