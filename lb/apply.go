@@ -19,7 +19,13 @@ func (b *Balancer) apply(ctx context.Context, farms []Farm, whole bool) (Result,
 		return b.applyChanges(ctx, farms, nil, nil)
 	}
 	var removed []string
-	if len(farms) != len(b.farms) || b.rebuild {
+	present := 0
+	for _, f := range farms {
+		if b.farms[f.Name] != nil {
+			present++
+		}
+	}
+	if present != len(b.farms) {
 		names := make(map[string]bool, len(farms))
 		for _, f := range farms {
 			names[f.Name] = true
@@ -241,6 +247,29 @@ type plan struct {
 	// orphansDeleted says the plan deletes what an adopted table held
 	// that no farm claims.
 	orphansDeleted bool
+	// text is each transaction in nft syntax, when asked for.
+	text []string
+}
+
+// writeElements writes one element operation in nft syntax. Elements
+// without text (read back from a table that disagreed with its farms, or
+// the end of a range, which nft writes with its start) are written as
+// their key in hex, or left out.
+func writeElements(w *strings.Builder, verb nft.Verb, table string, set nft.Set, es []element) {
+	var lines []string
+	for _, e := range es {
+		switch {
+		case e.text != "":
+			lines = append(lines, e.text)
+		case !e.IntervalEnd:
+			lines = append(lines, fmt.Sprintf("0x%x", e.Key))
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	slices.Sort(lines)
+	fmt.Fprintf(w, "%s inet %s %s {\n\t%s\n}\n", verb, table, set.Name, strings.Join(lines, ",\n\t"))
 }
 
 func (p *plan) empty() bool {
@@ -257,12 +286,26 @@ func (p *plan) empty() bool {
 // b. Its cost is a comparison per farm of set plus the size of what
 // changed.
 func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
+	return b.planText(set, removed, false)
+}
+
+// planText is plan; with text, the plan's elements carry their nft syntax
+// (see Plan.String), which costs a farm's compilation more.
+func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, error) {
 	p := &plan{
 		marks:   b.marks.begin(),
 		changed: map[string]*compiledFarm{},
 		cut:     map[objectKey]uint32{},
 	}
-	del, add := map[string][]nft.Element{}, map[string][]nft.Element{}
+	// installed returns an installed farm's elements, with their text if
+	// asked for (recompiled: the kept ones have none).
+	installed := func(old *compiledFarm) elements {
+		if !text || old.dirty {
+			return old.elements
+		}
+		return compileFarm(old.spec, b.marks.begin(), true).elements
+	}
+	del, add := elements{}, elements{}
 	for _, name := range removed {
 		old := b.farms[name]
 		if old == nil {
@@ -271,7 +314,7 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 		p.changed[name] = nil
 		b.releaseBackends(p, old.spec, nil)
 		p.marks.drop(objectKey{name, ""})
-		elementDiff(old.elements, nil, del, add)
+		elementDiff(installed(old), nil, del, add)
 	}
 	for _, f := range set {
 		old := b.farms[f.Name]
@@ -289,14 +332,14 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 		if old != nil {
 			b.releaseBackends(p, old.spec, &f)
 		}
-		c := compileFarm(f, p.marks, false)
+		c := compileFarm(f, p.marks, text)
 		if b.rebuild {
 			p.changed[f.Name] = c
 			continue
 		}
 		var have elements
 		if old != nil {
-			have = old.elements
+			have = installed(old)
 			if !sameSetElements(have[setSchedule.Name], c.elements[setSchedule.Name]) {
 				// A new schedule goes in beside the old one under a new
 				// farm mark, the services move to it, and the old one
@@ -305,7 +348,7 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 				if _, ok := p.marks.renew(objectKey{f.Name, ""}); !ok {
 					return nil, errMarksExhausted
 				}
-				c = compileFarm(f, p.marks, false)
+				c = compileFarm(f, p.marks, text)
 			}
 		}
 		p.changed[f.Name] = c
@@ -323,6 +366,9 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 		}
 		buildAll(batch, b.opts, all)
 		p.batches = []*nft.Batch{batch}
+		if text {
+			p.text = []string{renderRuleset(b.opts, all)}
+		}
 		return p, nil
 	}
 	if len(b.orphans) > 0 {
@@ -330,6 +376,7 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 		p.orphansDeleted = true
 	}
 	adds, repoints, dels := nft.NewBatch(b.opts.Table), nft.NewBatch(b.opts.Table), nft.NewBatch(b.opts.Table)
+	var addText, repointText, delText strings.Builder
 	for _, set := range allSets {
 		// The mark an element belongs to: a backend's, or for the
 		// schedule, its farm's. Services belong to no mark.
@@ -342,31 +389,48 @@ func (b *Balancer) plan(set []Farm, removed []string) (*plan, error) {
 			}
 			return nft.ParseMark(e.Key), true
 		}
-		var early, late, rdel, radd []nft.Element
+		var early, late, rdel, radd []element
 		for _, e := range del[set.Name] {
-			if m, ok := owner(e); ok && !p.marks.live(m) {
+			if m, ok := owner(e.Element); ok && !p.marks.live(m) {
 				late = append(late, e)
 			} else {
 				rdel = append(rdel, e)
 			}
 		}
 		for _, e := range add[set.Name] {
-			if m, ok := owner(e); ok && !p.marks.installed(m) {
+			if m, ok := owner(e.Element); ok && !p.marks.installed(m) {
 				early = append(early, e)
 			} else {
 				radd = append(radd, e)
 			}
 		}
-		if set.Interval {
-			sortElements(early)
-			sortElements(late)
-			sortElements(rdel)
-			sortElements(radd)
+		queue := func(batch *nft.Batch, w *strings.Builder, verb nft.Verb, es []element) {
+			if len(es) == 0 {
+				return
+			}
+			raw := make([]nft.Element, len(es))
+			for i, e := range es {
+				raw[i] = e.Element
+			}
+			if set.Interval {
+				sortElements(raw)
+			}
+			if verb == nft.AddElements {
+				batch.AddElements(set, raw)
+			} else {
+				batch.DeleteElements(set, raw)
+			}
+			if text {
+				writeElements(w, verb, b.opts.Table, set, es)
+			}
 		}
-		adds.AddElements(set, early)
-		repoints.DeleteElements(set, rdel)
-		repoints.AddElements(set, radd)
-		dels.DeleteElements(set, late)
+		queue(adds, &addText, nft.AddElements, early)
+		queue(repoints, &repointText, nft.DeleteElements, rdel)
+		queue(repoints, &repointText, nft.AddElements, radd)
+		queue(dels, &delText, nft.DeleteElements, late)
+	}
+	if text {
+		p.text = []string{addText.String(), repointText.String(), delText.String()}
 	}
 	p.batches = []*nft.Batch{adds, repoints, dels}
 	return p, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -402,5 +403,46 @@ func TestStatusReadsCounters(t *testing.T) {
 	}
 	if st.Farms[1].Connections != 3 || st.Farms[0].Connections != 0 {
 		t.Errorf("farm totals %d, %d; want 0, 3", st.Farms[0].Connections, st.Farms[1].Connections)
+	}
+}
+
+func TestPlanShowsWhatApplyWouldSend(t *testing.T) {
+	s := farms(20)
+	b, k := installed(t, s, Options{})
+	n := len(k.commits)
+	s.Farms[3].Backends[0].Weight = 4
+	s.Farms = slices.Delete(s.Farms, 7, 8)
+	s.Farms = append(s.Farms, validFarm("new", "198.51.100.201"))
+	p, err := b.Plan(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.commits) != n {
+		t.Fatal("Plan sent something")
+	}
+	if !slices.Equal(p.Added, []string{"new"}) || !slices.Equal(p.Changed, []string{"f3"}) || !slices.Equal(p.Removed, []string{"f7"}) {
+		t.Errorf("plan: added %v, changed %v, removed %v", p.Added, p.Changed, p.Removed)
+	}
+	text := p.String()
+	for _, want := range []string{
+		"add element inet l4nft dnat4 {",
+		`comment "new/app0" : 203.0.113.10 . 443`,
+		"delete element inet l4nft services4 {",
+		`198.51.100.7 . tcp . 1007 comment "farm=f7"`,
+		`comment "backend=f3/app0 weight=4 state=up"`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("plan text lacks %q:\n%s", want, text)
+		}
+	}
+	res, err := b.Apply(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Transactions != p.Transactions || res.Messages != p.Messages || res.Elements != p.Elements {
+		t.Errorf("Apply sent %d/%d/%d, Plan said %d/%d/%d", res.Transactions, res.Messages, res.Elements, p.Transactions, p.Messages, p.Elements)
+	}
+	if p, _ := b.Plan(context.Background(), s); !p.Empty() {
+		t.Errorf("plan after Apply is not empty:\n%s", p)
 	}
 }

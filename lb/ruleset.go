@@ -56,7 +56,7 @@ func index(es []element) map[string]element {
 }
 
 // elementDiff adds to del and add what turns have into want, per set.
-func elementDiff(have, want elements, del, add map[string][]nft.Element) {
+func elementDiff(have, want elements, del, add elements) {
 	for set, hs := range have {
 		del[set] = appendMissing(del[set], hs, want[set])
 	}
@@ -67,17 +67,14 @@ func elementDiff(have, want elements, del, add map[string][]nft.Element) {
 
 // appendMissing appends to out the elements of from that are not, as they
 // are, in other.
-func appendMissing(out []nft.Element, from, other []element) []nft.Element {
+func appendMissing(out, from, other []element) []element {
 	if len(other) == 0 {
-		for _, e := range from {
-			out = append(out, e.Element)
-		}
-		return out
+		return append(out, from...)
 	}
 	oi := index(other)
 	for _, e := range from {
 		if o, ok := oi[elementID(e.Element)]; !ok || !sameElement(o.Element, e.Element) {
-			out = append(out, e.Element)
+			out = append(out, e)
 		}
 	}
 	return out
