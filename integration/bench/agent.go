@@ -78,9 +78,10 @@ type agentRow struct {
 	// kernel (for the unchanged apply: that nothing was committed).
 	Verified map[string]int
 	// The daemon's resident set (VmRSS) and peak (VmHWM), in bytes, once
-	// it served its API after start, and after Changes API changes.
-	StartRSS, StartHWM, AfterRSS, AfterHWM uint64
-	Changes                                int
+	// it served its API after start, after the timed steps (before the
+	// changes), and after Changes API changes.
+	StartRSS, StartHWM, BeforeRSS, BeforeHWM, AfterRSS, AfterHWM uint64
+	Changes                                                      int
 	// ChangesTime is the wall time of the Changes, one after the other.
 	ChangesTime time.Duration
 	// MetricsBytes is the size of one /metrics answer.
@@ -466,6 +467,7 @@ func (w *agentWorld) measureReads() error {
 func (w *agentWorld) manyChanges() error {
 	f, b := w.target()
 	url := fmt.Sprintf("http://l4nft/v1/farms/%s/backends/%s", f.Name, b.Name)
+	w.row.BeforeRSS, w.row.BeforeHWM = w.agent.proc("VmRSS"), w.agent.proc("VmHWM")
 	start := time.Now()
 	for range w.cfg.AgentChanges {
 		if _, err := w.agent.call(w.ctx, http.MethodPatch, url, fmt.Sprintf(`{"weight":%d}`, w.toggleWeight()), http.StatusOK); err != nil {

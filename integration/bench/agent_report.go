@@ -92,9 +92,9 @@ func renderAgent(cfg config, res *agentResults) string {
 				len(ts), r.Verified[op], len(ts), fmtDur(target), v)
 		}
 	}
-	p("\nThe daemon's memory, from /proc/PID/status: peak resident set (VmHWM) and resident set (VmRSS) once it answered after starting on an empty kernel (so the peak includes the install), and again after the timed steps and %d API weight changes made one after the other. Target: peak <= %s after start, and at most +%.0f%% after the changes.\n\n",
+	p("\nThe daemon's memory, from /proc/PID/status: peak resident set (VmHWM) and resident set (VmRSS) once it answered after starting on an empty kernel (so the peak includes the install), again after the timed steps above (so after the /metrics scrapes and status reads too), and after %d API weight changes made one after the other. Target: peak <= %s after start, and at most +%.0f%% after the changes.\n\n",
 		cfg.AgentChanges, fmtBytes(agentRSSLimit), 100*agentRSSGrowth)
-	p("| Farms x backends | peak after start | RSS after start | peak after changes | RSS after changes | peak growth | changes took | /metrics size | verdict |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	p("| Farms x backends | peak after start | RSS after start | peak before changes | RSS before changes | peak after changes | RSS after changes | peak growth from start | changes took | /metrics size | verdict |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range res.Rows {
 		growth := 0.0
 		if r.StartHWM > 0 {
@@ -111,8 +111,8 @@ func renderAgent(cfg config, res *agentResults) string {
 		if r.Changes > 0 {
 			perChange = r.ChangesTime / time.Duration(r.Changes)
 		}
-		p("| %s x %d | %s | %s | %s | %s | %+.1f%% | %s for %d (%s each) | %s | %s |\n", fmtCount(r.Farms), r.PerFarm,
-			fmtBytes(r.StartHWM), fmtBytes(r.StartRSS), fmtBytes(r.AfterHWM), fmtBytes(r.AfterRSS), 100*growth,
+		p("| %s x %d | %s | %s | %s | %s | %s | %s | %+.1f%% | %s for %d (%s each) | %s | %s |\n", fmtCount(r.Farms), r.PerFarm,
+			fmtBytes(r.StartHWM), fmtBytes(r.StartRSS), fmtBytes(r.BeforeHWM), fmtBytes(r.BeforeRSS), fmtBytes(r.AfterHWM), fmtBytes(r.AfterRSS), 100*growth,
 			fmtDur(r.ChangesTime), r.Changes, fmtDur(perChange), fmtBytes(uint64(r.MetricsBytes)), verdict(len(miss) == 0, strings.Join(miss, ", ")))
 	}
 	var notes []string

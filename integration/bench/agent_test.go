@@ -42,7 +42,7 @@ func TestAgentSuite(t *testing.T) {
 				t.Errorf("%d x %d: %s: %d of %d read back from the kernel", r.Farms, r.PerFarm, op, r.Verified[op], len(r.Times[op]))
 			}
 		}
-		if r.StartHWM == 0 || r.StartRSS == 0 || r.AfterHWM == 0 || r.AfterRSS == 0 || r.Changes != cfg.AgentChanges {
+		if r.StartHWM == 0 || r.StartRSS == 0 || r.BeforeHWM == 0 || r.AfterHWM == 0 || r.AfterRSS == 0 || r.Changes != cfg.AgentChanges {
 			t.Errorf("%d x %d: memory %d/%d -> %d/%d after %d changes", r.Farms, r.PerFarm, r.StartHWM, r.StartRSS, r.AfterHWM, r.AfterRSS, r.Changes)
 		}
 	}
