@@ -25,7 +25,7 @@ import (
 )
 
 func runCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	cfgPath := fs.String("config", "", "configuration file (YAML or JSON); required")
+	cfgPath := fs.String("config", "", "configuration file (YAML or JSON), or configuration directory (main file l4nft.yaml and farms.d/NAME.yaml); required")
 	netns := fs.String("netns", "", "act inside the named network namespace (as in `ip netns`)")
 	socket := fs.String("socket", "", "API unix socket (default: the file's api.socket, else "+config.DefaultSocket+")")
 	cleanup := fs.Bool("cleanup-on-exit", false, "remove the agent's table on SIGTERM/SIGINT (default: leave the data plane running)")
