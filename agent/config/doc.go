@@ -51,11 +51,22 @@
 // Unknown fields are errors. An empty file is an error too (a truncated
 // write must not remove every farm): write "farms: []" to serve nothing.
 //
+// # Configuration directories
+//
+// A configuration may also be a directory: an optional main file
+// (MainFile, l4nft.yaml) with table, options and api, and one file per
+// farm in FarmsDir (farms.d/NAME.yaml, .yml or .json) holding the farm
+// named NAME. LoadDir reads one; ParseFarmFile and ValidateFarm read and
+// check one farm file alone, which is what a reload of a changed file
+// costs.
+//
 // # Writing
 //
-// WriteFile replaces a file atomically (temporary file in the same
-// directory, fsync, rename, fsync of the directory), keeping its mode. The
-// agent uses it to persist changes made through its API. The file is
-// written in canonical form: comments and formatting of the original are
-// not kept. A file whose name ends in .json is written as JSON.
+// WriteFile replaces a file atomically and durably (temporary file in the
+// same directory, fsync, rename, fsync of the directory), keeping its mode,
+// owner and group; RemoveStaleTemp removes what a crash left. The agent
+// uses it to persist changes made through its API. Files are written in
+// canonical form by a direct encoder (Fragment, Assemble, MarshalFarmFile):
+// comments and formatting of the original are not kept. A file whose name
+// ends in .json is written as JSON.
 package config
