@@ -196,3 +196,29 @@ func waitTransition(tb testing.TB, ch <-chan Transition) Transition {
 		return Transition{}
 	}
 }
+
+func TestMonitorUpdateFarm(t *testing.T) {
+	var fd fakeDial
+	m := NewMonitor(Options{Dial: fd.dial})
+	defer m.Close()
+	spec := Spec{Type: TCP, Interval: time.Hour}
+	target := func(farm, backend, addr string) Target {
+		return Target{Key: Key{farm, backend}, Addr: netip.MustParseAddrPort(addr), Spec: spec}
+	}
+	m.Update([]Target{target("web", "a", "192.0.2.1:80"), target("web", "b", "192.0.2.2:80"), target("db", "a", "192.0.2.3:5432")})
+	// Only web's checks change: b goes, c comes, db's stays.
+	m.UpdateFarm("web", []Target{target("web", "a", "192.0.2.1:80"), target("web", "c", "192.0.2.4:80"),
+		target("db", "x", "192.0.2.9:80")}) // another farm's target is ignored
+	for k, want := range map[Key]bool{{"web", "a"}: true, {"web", "b"}: false, {"web", "c"}: true, {"db", "a"}: true, {"db", "x"}: false} {
+		if _, ok := m.Status(k); ok != want {
+			t.Errorf("%v checked: %v, want %v", k, ok, want)
+		}
+	}
+	m.UpdateFarm("web", nil)
+	if _, ok := m.Status(Key{"web", "a"}); ok {
+		t.Errorf("web/a still checked after its farm was removed")
+	}
+	if _, ok := m.Status(Key{"db", "a"}); !ok {
+		t.Errorf("db/a stopped by a change to web")
+	}
+}
