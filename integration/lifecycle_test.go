@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/l4nft/l4nft/integration/testbed"
@@ -134,11 +135,12 @@ func TestRemoveFarmAndRemoveAll(t *testing.T) {
 	}
 }
 
-// A change of a farm's weights replaces its schedule ranges in place:
-// the kernel holds one schedule per farm whatever the history, traffic
+// A change of a farm's weights replaces its schedule (a new one goes in,
+// then the old one out): the kernel holds one schedule per farm whatever
+// the history, traffic
 // follows the newest weights, a new process adopts the table without
 // sending anything, and removing the farm leaves none of its elements.
-func TestSchedulesAreReplacedInPlace(t *testing.T) {
+func TestSchedulesAreReplacedNotAccumulated(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Ports: []uint16{80, 443}})
 	b := mustOpen(t, bed, lb.Options{})
 	s := lb.State{Farms: []lb.Farm{
@@ -153,11 +155,22 @@ func TestSchedulesAreReplacedInPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		es, err := conn.Elements("l4nft", nft.Set{Name: set})
-		if err != nil {
-			t.Fatal(err)
+		names := []string{set}
+		if set == "schedule" { // 64 maps, schedule00 to schedule63
+			names = nil
+			for i := range 64 {
+				names = append(names, fmt.Sprintf("schedule%02d", i))
+			}
 		}
-		return len(es)
+		n := 0
+		for _, name := range names {
+			es, err := conn.Elements("l4nft", nft.Set{Name: name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(es)
+		}
+		return n
 	}
 	for w := 2; w <= 5; w++ {
 		s.Farms[0].Backends[0].Weight = w

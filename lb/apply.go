@@ -303,7 +303,7 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		if !text || old.dirty {
 			return old.elements
 		}
-		return compileFarm(old.spec, b.marks.begin(), true).elements
+		return compileFarm(old.spec, b.marks.begin(), b.opts.markShift(), true).elements
 	}
 	del, add := elements{}, elements{}
 	for _, name := range removed {
@@ -332,7 +332,7 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		if old != nil {
 			b.releaseBackends(p, old.spec, &f)
 		}
-		c := compileFarm(f, p.marks, text)
+		c := compileFarm(f, p.marks, b.opts.markShift(), text)
 		if b.rebuild {
 			p.changed[f.Name] = c
 			continue
@@ -340,7 +340,7 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		var have elements
 		if old != nil {
 			have = installed(old)
-			if !sameSetElements(have[setSchedule.Name], c.elements[setSchedule.Name]) {
+			if !sameSetElements(have.schedule(), c.elements.schedule()) {
 				// A new schedule goes in beside the old one under a new
 				// farm mark, the services move to it, and the old one
 				// goes: the kernel's interval sets do not take deletions
@@ -348,7 +348,7 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 				if _, ok := p.marks.renew(objectKey{f.Name, ""}); !ok {
 					return nil, errMarksExhausted
 				}
-				c = compileFarm(f, p.marks, text)
+				c = compileFarm(f, p.marks, b.opts.markShift(), text)
 			}
 		}
 		p.changed[f.Name] = c
@@ -381,10 +381,10 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		// The mark an element belongs to: a backend's, or for the
 		// schedule, its farm's. Services belong to no mark.
 		owner := func(e nft.Element) (uint32, bool) {
-			switch set.Name {
-			case setServices4.Name, setServiceRanges4.Name, setServices6.Name, setServiceRanges6.Name:
+			switch {
+			case isService(set.Name):
 				return 0, false
-			case setSchedule.Name:
+			case isSchedule(set.Name):
 				return scheduleFarm(e.Key), true
 			}
 			return nft.ParseMark(e.Key), true
@@ -471,7 +471,14 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 	for _, s := range allSets {
 		batch.AddSet(s)
 	}
+	chains := baseChains(o)
+	for _, c := range chains {
+		batch.AddChain(c.Chain)
+	}
 	elems := map[string][]nft.Element{setSchema.Name: {schemaElement(o).Element}}
+	for _, e := range shardElements(o) {
+		elems[setShards.Name] = append(elems[setShards.Name], e.Element)
+	}
 	for _, c := range farms {
 		for set, es := range c.elements {
 			for _, e := range es {
@@ -487,8 +494,7 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 			batch.AddElements(s, es)
 		}
 	}
-	for _, c := range baseChains(o) {
-		batch.AddChain(c.Chain)
+	for _, c := range chains {
 		for _, rl := range c.rules {
 			batch.AddRule(c.Name, rl.Rule)
 		}

@@ -93,6 +93,9 @@ func TestApplyIsProportionalToTheChange(t *testing.T) {
 // are compared by the farm they name.
 func compareKernels(a, b *fakeKernel) string {
 	for _, s := range allSets {
+		if isSchedule(s.Name) && s.Name != scheduleSets[0].Name {
+			continue // all compared as one, with the first
+		}
 		ea, eb := normalized(a, s), normalized(b, s)
 		if len(ea) != len(eb) {
 			return fmt.Sprintf("set %s has %d elements, want %d", s.Name, len(ea), len(eb))
@@ -107,23 +110,35 @@ func compareKernels(a, b *fakeKernel) string {
 }
 
 // normalized returns a set's elements with farm marks replaced by the
-// farm's name.
+// farm's name; for a schedule map, those of all of them.
 func normalized(k *fakeKernel, s nft.Set) map[string]nft.Element {
 	farm := map[uint32]string{}
 	for _, e := range k.elems[setFarms.Name] {
 		farm[nft.ParseMark(e.Key)] = parseComment(e.Comment)["farm"]
 	}
-	out := map[string]nft.Element{}
+	var es []nft.Element
 	for _, e := range k.elems[s.Name] {
-		switch s.Name {
-		case setFarms.Name:
+		es = append(es, e)
+	}
+	if isSchedule(s.Name) {
+		es = nil
+		for _, set := range scheduleSets {
+			for _, e := range k.elems[set.Name] {
+				es = append(es, e)
+			}
+		}
+	}
+	out := map[string]nft.Element{}
+	for _, e := range es {
+		switch {
+		case s.Name == setFarms.Name:
 			e.Key = []byte(farm[nft.ParseMark(e.Key)])
-		case setSchedule.Name:
+		case isSchedule(s.Name):
 			e.Key = append([]byte(farm[scheduleFarm(e.Key)]+"."), e.Key[4:]...)
 			if len(e.KeyEnd) > 0 {
 				e.KeyEnd = e.KeyEnd[4:]
 			}
-		case setServices4.Name, setServices6.Name, setServiceRanges4.Name, setServiceRanges6.Name:
+		case isService(s.Name):
 			e.Value = []byte(farm[nft.ParseMark(e.Value)])
 		}
 		out[elementID(e)] = e
@@ -281,9 +296,11 @@ func TestChangeRefusedPartWayIsFinishedFromTheTruth(t *testing.T) {
 	// transaction of the next change (deleting f4's old schedule) fails
 	// with ENOENT and the fake rolls it back. The Balancer reads the
 	// kernel back and deletes what is really there.
-	for id, e := range k.elems[setSchedule.Name] {
-		if scheduleFarm(e.Key) == b.marks.owner[objectKey{"f4", ""}] {
-			delete(k.elems[setSchedule.Name], id)
+	f4 := b.marks.owner[objectKey{"f4", ""}]
+	sched := shardOf(f4, b.opts.markShift()).Name
+	for id, e := range k.elems[sched] {
+		if scheduleFarm(e.Key) == f4 {
+			delete(k.elems[sched], id)
 			k.gen++ // as every change to the ruleset does
 			break
 		}
@@ -444,5 +461,25 @@ func TestPlanShowsWhatApplyWouldSend(t *testing.T) {
 	}
 	if p, _ := b.Plan(context.Background(), s); !p.Empty() {
 		t.Errorf("plan after Apply is not empty:\n%s", p)
+	}
+}
+
+func TestFlushedChainIsNoticedAndRebuilt(t *testing.T) {
+	s := farms(5)
+	b, k := installed(t, s, Options{})
+	k.rules[chainChoose] = nil // nft flush chain inet l4nft choose_backend
+	k.gen++
+	if err := b.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Apply(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Rebuilt {
+		t.Errorf("Apply after a flushed chain did not rebuild: %+v", res)
+	}
+	if got := len(k.rules[chainChoose]); got != len(baseChains(b.opts)[0].rules) {
+		t.Errorf("choose chain has %d rules after the repair", got)
 	}
 }

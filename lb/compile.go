@@ -62,7 +62,7 @@ func backendComment(f Farm, b Backend) string {
 // compileFarm turns a valid farm into its elements. marks holds the mark
 // of the farm and of each of its backends. Only Render needs the elements'
 // nft syntax (text), which costs more than the rest.
-func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
+func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 	c := &compiledFarm{spec: cloneFarm(f), elements: elements{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
@@ -145,16 +145,17 @@ func compileFarm(f Farm, marks markGetter, text bool) *compiledFarm {
 		weights[i] = b.Weight
 	}
 	lo := uint32(0)
+	schedule := shardOf(id, shift)
 	for i, n := range apportion(weights, scheduleSlots) {
 		b := up[i]
 		m := marks.get(objectKey{f.Name, b.Name})
 		hi := lo + n // exclusive
 		name := f.Name + "/" + b.Name
-		c.add(setSchedule, element{
+		c.add(schedule, element{
 			Element: nft.Element{Key: nft.ScheduleKey(id, lo), Value: nft.Mark(m), Comment: name},
 			text:    textf("%s . %d-%d comment %q : %s", markText(id), lo, hi-1, name, markText(m)),
 		})
-		c.add(setSchedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, hi), IntervalEnd: true}})
+		c.add(schedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, hi), IntervalEnd: true}})
 		lo = hi
 	}
 	return c
@@ -207,6 +208,19 @@ func targetValue(addr netip.Addr, port uint16) []byte {
 	return v
 }
 
+// shardElements are the elements of the schedule_shards verdict map: the
+// mark bits that pick a schedule map -> the chain that looks it up.
+func shardElements(o Options) []element {
+	n, _ := o.shards()
+	out := make([]element, n)
+	for i := range out {
+		k := uint32(i) << o.markShift()
+		ch := chainSchedule + scheduleSets[i].Name
+		out[i] = element{Element: nft.Element{Key: nft.Mark(k), Jump: ch}, text: fmt.Sprintf("%s : jump %s", markText(k), ch)}
+	}
+	return out
+}
+
 // schemaElement is the one element of the schema set.
 func schemaElement(o Options) element {
 	c := schemaComment(o)
@@ -219,6 +233,7 @@ func baseChains(o Options) []chain {
 	mt := markText(mask)
 	famName := map[nft.Family]string{nft.IPv4: "ipv4", nft.IPv6: "ipv6"}
 	ctNew, unset := nft.MatchCtStateNew(), nft.MatchCtMark(0)
+	shards, shardMask := o.shards()
 	choose := func(fam nft.Family, set nft.Set) rule {
 		return rule{
 			Rule: nft.Rule{Exprs: slices.Concat(unset, nft.MatchFamily(fam), nft.SetCtMarkFromService(fam, set.Name)), Comment: "new connection to a farm: mark it with the farm"},
@@ -234,9 +249,8 @@ func baseChains(o Options) []chain {
 			choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
 			choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
 			{
-				Rule: nft.Rule{Exprs: nft.SetCtMarkFromSchedule(setSchedule.Name, scheduleSlots), Comment: "weighted random choice of backend"},
-				text: fmt.Sprintf("ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, setSchedule.Name),
-				seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
+				Rule: nft.Rule{Exprs: nft.JumpByMark(shardMask, setShards.Name), Comment: "to the chain of the farm's schedule map"},
+				text: fmt.Sprintf("ct mark & %s vmap @%s", markText(shardMask), setShards.Name),
 			},
 			{
 				Rule: nft.Rule{Exprs: slices.Concat(nft.MatchL4Proto(protoTCP), nft.MatchCtMarkIn(mask, setFarms.Name), []expr.Any{nft.RejectTCPReset()}), Comment: "farm without an available backend: refuse"},
@@ -296,11 +310,22 @@ func baseChains(o Options) []chain {
 			seed: "iptables -t nat -A POSTROUTING -m mark --mark MARK -j SNAT --to-source VIP  (one rule per backend)",
 		}
 	}
-	chains := []chain{
-		choosing,
+	chains := []chain{choosing}
+	for i := range shards {
+		set := scheduleSets[i]
+		chains = append(chains, chain{
+			Chain: nft.Chain{Name: chainSchedule + set.Name},
+			rules: []rule{{
+				Rule: nft.Rule{Exprs: nft.SetCtMarkFromSchedule(set.Name, scheduleSlots), Comment: "weighted random choice of backend"},
+				text: fmt.Sprintf("ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, set.Name),
+				seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
+			}},
+		})
+	}
+	chains = append(chains,
 		filter(chainPrerouting, nftables.ChainHookPrerouting, "prerouting"),
 		dnat(chainDNAT, nftables.ChainHookPrerouting, "prerouting"),
-		{
+		chain{
 			Chain: nft.Chain{Name: chainSNAT, Hook: &nft.Hook{Type: nftables.ChainTypeNAT, Hook: nftables.ChainHookPostrouting, Priority: prioritySrcNAT}},
 			hook:  fmt.Sprintf("type nat hook postrouting priority %d; policy accept;", prioritySrcNAT),
 			rules: []rule{
@@ -312,7 +337,7 @@ func baseChains(o Options) []chain {
 				},
 			},
 		},
-	}
+	)
 	if o.LocalConnections {
 		chains = append(chains,
 			filter(chainOutput, nftables.ChainHookOutput, "output"),

@@ -16,6 +16,7 @@ type fakeKernel struct {
 	exists bool
 	sets   map[string]nft.Set
 	elems  map[string]map[string]nft.Element
+	rules  map[string][]nft.RuleInfo // by chain
 	gen    uint32
 	// commits are the batches the fake took, in order.
 	commits []*nft.Batch
@@ -71,22 +72,33 @@ func (k *fakeKernel) apply(op nft.Op) (undo, error) {
 		if k.exists {
 			return func() {}, nil
 		}
-		k.exists, k.sets, k.elems = true, map[string]nft.Set{}, map[string]map[string]nft.Element{}
+		k.exists, k.sets, k.elems, k.rules = true, map[string]nft.Set{}, map[string]map[string]nft.Element{}, map[string][]nft.RuleInfo{}
 		return func() { k.exists = false }, nil
 	case nft.DeleteTable:
 		if !k.exists {
 			return nil, syscall.ENOENT
 		}
-		sets, elems := k.sets, k.elems
-		k.exists, k.sets, k.elems = false, nil, nil
-		return func() { k.exists, k.sets, k.elems = true, sets, elems }, nil
+		sets, elems, rules := k.sets, k.elems, k.rules
+		k.exists, k.sets, k.elems, k.rules = false, nil, nil, nil
+		return func() { k.exists, k.sets, k.elems, k.rules = true, sets, elems, rules }, nil
 	}
 	if !k.exists {
 		return nil, syscall.ENOENT
 	}
 	switch op.Verb {
-	case nft.AddChain, nft.AddRule:
-		return func() {}, nil
+	case nft.AddChain:
+		if _, ok := k.rules[op.Chain.Name]; ok {
+			return func() {}, nil
+		}
+		k.rules[op.Chain.Name] = []nft.RuleInfo{}
+		return func() { delete(k.rules, op.Chain.Name) }, nil
+	case nft.AddRule:
+		rs, ok := k.rules[op.Chain.Name]
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		k.rules[op.Chain.Name] = append(rs, nft.RuleInfo{Comment: op.Rule.Comment})
+		return func() { k.rules[op.Chain.Name] = rs }, nil
 	case nft.AddSet:
 		if _, ok := k.sets[op.Set.Name]; ok {
 			return nil, syscall.EEXIST
@@ -154,6 +166,22 @@ func (k *fakeKernel) Elements(_ string, s nft.Set) ([]nft.Element, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+func (k *fakeKernel) Chains(string) ([]string, error) {
+	var out []string
+	for name := range k.rules {
+		out = append(out, name)
+	}
+	return out, nil
+}
+
+func (k *fakeKernel) Rules(_, chain string) ([]nft.RuleInfo, error) {
+	rs, ok := k.rules[chain]
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	return rs, nil
 }
 
 func (k *fakeKernel) Generation() (uint32, error) { return k.gen, nil }

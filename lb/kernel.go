@@ -15,6 +15,8 @@ type kernel interface {
 	TableExists(table string) (bool, error)
 	Sets(table string) ([]nft.Set, error)
 	Elements(table string, s nft.Set) ([]nft.Element, error)
+	Chains(table string) ([]string, error)
+	Rules(table, chain string) ([]nft.RuleInfo, error)
 	Generation() (uint32, error)
 	Close() error
 }

@@ -34,14 +34,14 @@ func (b *Balancer) readKernel(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if s.Name == setSchema.Name {
+		if s.Name == setSchema.Name || s.Name == setShards.Name {
 			continue
 		}
 		if kernel[s.Name], err = b.conn.Elements(table, s); err != nil {
 			return fmt.Errorf("adopting table %s: %w", table, err)
 		}
 	}
-	a, err := adopt(kernel)
+	a, err := adopt(kernel, b.opts.markShift())
 	if err != nil {
 		b.opts.Logger.Warn("table's contents cannot be read back; the next apply replaces it", "table", table, "err", err)
 		return nil
@@ -58,7 +58,7 @@ func (b *Balancer) readKernel(ctx context.Context) error {
 	for set, es := range a.orphans {
 		for _, e := range es {
 			m := nft.ParseMark(e.Key)
-			if set == setSchedule.Name {
+			if isSchedule(set) {
 				m = scheduleFarm(e.Key)
 			}
 			if _, ok := b.marks.used[m]; !ok && len(e.Key) >= 4 {
@@ -96,6 +96,32 @@ func (b *Balancer) sameLayout() (bool, error) {
 			return false, nil
 		}
 	}
+	// Every chain, with its rules in order: a flushed chain or a deleted
+	// rule refuses connections however right the maps are. Rules are
+	// compared by their comments, which is what reads back reliably.
+	chains, err := b.conn.Chains(b.opts.Table)
+	if err != nil {
+		return false, err
+	}
+	want := baseChains(b.opts)
+	if len(chains) != len(want) {
+		return false, nil
+	}
+	for _, c := range want {
+		rules, err := b.conn.Rules(b.opts.Table, c.Name)
+		if err != nil || len(rules) != len(c.rules) {
+			return false, nil
+		}
+		for i, r := range rules {
+			if r.Comment != c.rules[i].Comment {
+				return false, nil
+			}
+		}
+	}
+	shards, err := b.conn.Elements(b.opts.Table, setShards)
+	if n, _ := b.opts.shards(); err != nil || len(shards) != n {
+		return false, nil
+	}
 	return true, nil
 }
 
@@ -110,7 +136,7 @@ type adopted struct {
 // adopt rebuilds farms and marks from the sets' elements. Each farm's
 // elements are kept as the kernel has them; a farm whose elements differ
 // from what its spec compiles to is marked dirty.
-func adopt(kernel map[string][]nft.Element) (adopted, error) {
+func adopt(kernel map[string][]nft.Element, shift int) (adopted, error) {
 	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: elements{}}
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
@@ -203,11 +229,11 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 		for _, e := range kernel[set.Name] {
 			var k objectKey
 			var ok bool
-			switch set.Name {
-			case setServices4.Name, setServiceRanges4.Name, setServices6.Name, setServiceRanges6.Name:
+			switch {
+			case isService(set.Name):
 				k, ok = owner[nft.ParseMark(e.Value)]
 				ok = ok && parseComment(e.Comment)["farm"] == k.farm
-			case setSchedule.Name:
+			case isSchedule(set.Name):
 				k, ok = owner[scheduleFarm(e.Key)]
 			default:
 				k, ok = owner[nft.ParseMark(e.Key)]
@@ -221,7 +247,7 @@ func adopt(kernel map[string][]nft.Element) (adopted, error) {
 		}
 	}
 	for _, c := range a.farms {
-		c.dirty = !sameElements(c.elements, compileFarm(c.spec, markMap(a.marks), false).elements)
+		c.dirty = !sameElements(c.elements, compileFarm(c.spec, markMap(a.marks), shift, false).elements)
 	}
 	return a, nil
 }

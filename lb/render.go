@@ -30,7 +30,7 @@ func Render(s State, opts Options) (string, error) {
 		for _, be := range f.Backends {
 			marks.ensure(objectKey{f.Name, be.Name})
 		}
-		farms[f.Name] = compileFarm(f, marks, true)
+		farms[f.Name] = compileFarm(f, marks, opts.markShift(), true)
 	}
 	return renderRuleset(opts, farms), nil
 }
@@ -41,7 +41,7 @@ func (b *Balancer) Render() string {
 	defer b.mu.Unlock()
 	farms := map[string]*compiledFarm{}
 	for name, c := range b.farms {
-		farms[name] = compileFarm(c.spec, b.marks.begin(), true)
+		farms[name] = compileFarm(c.spec, b.marks.begin(), b.opts.markShift(), true)
 	}
 	return renderRuleset(b.opts, farms)
 }
@@ -71,7 +71,7 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		}
 		p(1, "%s %s {", kind, s.Name)
 		switch {
-		case s.Name == setSchedule.Name:
+		case isSchedule(s.Name):
 			p(2, "typeof ct mark . numgen random mod %d : ct mark", scheduleSlots)
 		case s.Data.Name != "":
 			p(2, "type %s : %s", s.Key.Name, s.Data.Name)
@@ -87,6 +87,11 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		var lines []string
 		if s.Name == setSchema.Name {
 			lines = append(lines, schemaElement(o).text)
+		}
+		if s.Name == setShards.Name {
+			for _, e := range shardElements(o) {
+				lines = append(lines, e.text)
+			}
 		}
 		for _, name := range sortedKeys(farms) {
 			var texts []string

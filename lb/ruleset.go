@@ -46,6 +46,17 @@ func sameElement(a, b nft.Element) bool {
 // elements are a farm's elements (or garbage) by set name.
 type elements map[string][]element
 
+// schedule returns the schedule ranges among es, whichever map holds them.
+func (es elements) schedule() []element {
+	var out []element
+	for set, s := range es {
+		if isSchedule(set) {
+			out = append(out, s...)
+		}
+	}
+	return out
+}
+
 // index returns the elements by ID.
 func index(es []element) map[string]element {
 	m := make(map[string]element, len(es))

@@ -192,6 +192,8 @@ type Element struct {
 	IntervalEnd bool
 	// Value is the data of a map element.
 	Value []byte
+	// Jump is the data of a verdict map element: a jump to this chain.
+	Jump string
 	// Comment is stored with the element and read back unchanged.
 	Comment string
 	// Packets and Bytes are the element's counter, filled by Conn.Elements
@@ -204,7 +206,11 @@ func (e Element) size() int {
 }
 
 func (e Element) nft() nftables.SetElement {
-	return nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
+	se := nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Val: e.Value, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
+	if e.Jump != "" {
+		se.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: e.Jump}
+	}
+	return se
 }
 
 // AddElements adds elements to a set, in chunks the kernel accepts whole.

@@ -102,6 +102,12 @@ func MatchCtMark(m uint32) []expr.Any {
 	}
 }
 
+// JumpByMark jumps to the chain that verdict map vmap holds for the
+// connection's mark, masked: ct mark & mask vmap @vmap.
+func JumpByMark(mask uint32, vmap string) []expr.Any {
+	return append(LoadCtMark(mask), &expr.Lookup{SourceRegister: reg1, SetName: vmap, IsDestRegSet: true, DestRegister: 0})
+}
+
 // MatchCtMarkIn matches connections whose mark, masked, is in set:
 // ct mark & mask @set.
 func MatchCtMarkIn(mask uint32, set string) []expr.Any {
