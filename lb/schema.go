@@ -102,7 +102,9 @@ func isService(name string) bool {
 }
 
 // isSchedule reports whether a set is one of the schedule maps.
-func isSchedule(name string) bool { return strings.HasPrefix(name, "schedule") && name != setShards.Name }
+func isSchedule(name string) bool {
+	return strings.HasPrefix(name, "schedule") && name != setShards.Name
+}
 
 // shardOf returns the schedule map of a farm mark, for marks shifted by
 // shift: the mark's index modulo maxShards.
