@@ -443,9 +443,10 @@ func TestPlanShowsWhatApplyWouldSend(t *testing.T) {
 	text := p.String()
 	for _, want := range []string{
 		"add element inet l4nft dnat4 {",
-		`comment "new/app0" : 203.0.113.10 . 443`,
+		`comment "backend=new/app0 weight=1 state=up"`,
 		"delete element inet l4nft services4 {",
 		`198.51.100.7 . tcp . 1007 comment "farm=f7"`,
+		" : 203.0.113.10 . 443",
 		`comment "backend=f3/app0 weight=4 state=up"`,
 	} {
 		if !strings.Contains(text, want) {

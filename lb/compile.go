@@ -103,33 +103,35 @@ func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 	var up []Backend
 	for _, b := range f.Backends {
 		m := marks.get(objectKey{f.Name, b.Name})
-		name := f.Name + "/" + b.Name
 		mt := markText(m)
 		key := nft.Mark(m)
 		baddr := b.Address.Unmap()
+		// Only the backends map's elements carry the backend's name: the
+		// counted maps are read on every scrape, and a dump costs the
+		// kernel in proportion to its size in bytes.
 		if b.Port != 0 {
 			c.add(dnat, element{
-				Element: nft.Element{Key: key, Value: targetValue(baddr, b.Port), Comment: name},
-				text:    textf("%s comment %q : %s . %d", mt, name, baddr, b.Port),
+				Element: nft.Element{Key: key, Value: targetValue(baddr, b.Port)},
+				text:    textf("%s : %s . %d", mt, baddr, b.Port),
 			})
 		} else {
 			c.add(dnatAddr, element{
-				Element: nft.Element{Key: key, Value: baddr.AsSlice(), Comment: name},
-				text:    textf("%s comment %q : %s", mt, name, baddr),
+				Element: nft.Element{Key: key, Value: baddr.AsSlice()},
+				text:    textf("%s : %s", mt, baddr),
 			})
 		}
 		if f.Mode == NAT {
 			if f.Source.IsValid() {
 				src := f.Source.Unmap()
 				c.add(snat, element{
-					Element: nft.Element{Key: key, Value: src.AsSlice(), Comment: name},
-					text:    textf("%s comment %q : %s", mt, name, src),
+					Element: nft.Element{Key: key, Value: src.AsSlice()},
+					text:    textf("%s : %s", mt, src),
 				})
 			} else {
-				c.add(setMasquerade, element{Element: nft.Element{Key: key, Comment: name}, text: textf("%s comment %q", mt, name)})
+				c.add(setMasquerade, element{Element: nft.Element{Key: key}, text: textf("%s", mt)})
 			}
 		}
-		c.add(setTraffic, element{Element: nft.Element{Key: key, Comment: name}, text: textf("%s comment %q", mt, name)})
+		c.add(setTraffic, element{Element: nft.Element{Key: key}, text: textf("%s", mt)})
 		bc := backendComment(f, b)
 		c.add(setBackends, element{Element: nft.Element{Key: key, Comment: bc}, text: textf("%s comment %q", mt, bc)})
 		if b.State == Up {
