@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,17 +15,33 @@ import (
 // Options before anything is sent to the kernel.
 var ErrInvalid = errors.New("invalid configuration")
 
-// Problem is one thing wrong with a State.
+// Problem is one thing wrong with a State: the one type in which the
+// library, the agent's files, its API and its CLI all report problems.
 type Problem struct {
+	// File and Line locate the problem in a source, when there is one (a
+	// configuration file, or "request body"); Line is 1-based, 0 unknown.
+	File string `json:"file,omitempty"`
+	Line int    `json:"line,omitempty"`
 	// Farm and Backend name the object (empty when not about one).
-	Farm, Backend string
+	Farm    string `json:"farm,omitempty"`
+	Backend string `json:"backend,omitempty"`
 	// FarmIndex and BackendIndex locate it in State.Farms and
 	// Farm.Backends; -1 when not about one.
-	FarmIndex, BackendIndex int
+	FarmIndex    int `json:"-"`
+	BackendIndex int `json:"-"`
 	// Field is the field at fault, such as "weight" or "ports[1]".
-	Field string
+	Field string `json:"field,omitempty"`
 	// Message says what is wrong.
-	Message string
+	Message string `json:"message"`
+}
+
+// MarshalJSON adds the problem's Path to its fields.
+func (p Problem) MarshalJSON() ([]byte, error) {
+	type plain Problem
+	return json.Marshal(struct {
+		plain
+		Path string `json:"path,omitempty"`
+	}{plain(p), p.Path()})
 }
 
 // Path names the field, such as farms[web].backends[app0].weight.
@@ -52,7 +69,24 @@ func label(name string, i int) string {
 	return name
 }
 
-func (p Problem) String() string { return p.Path() + ": " + p.Message }
+// String formats the problem as "file:line: path: message", leaving out
+// what is unknown.
+func (p Problem) String() string {
+	var b strings.Builder
+	b.WriteString(p.File)
+	if p.Line > 0 {
+		fmt.Fprintf(&b, ":%d", p.Line)
+	}
+	if b.Len() > 0 {
+		b.WriteString(": ")
+	}
+	if path := p.Path(); path != "" {
+		b.WriteString(path)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Message)
+	return b.String()
+}
 
 // ValidationError lists every problem found in a State. It matches
 // ErrInvalid.
@@ -60,12 +94,29 @@ type ValidationError struct {
 	Problems []Problem
 }
 
-func (e *ValidationError) Error() string {
-	lines := make([]string, len(e.Problems))
-	for i, p := range e.Problems {
+func (e *ValidationError) Error() string { return ProblemsError(e.Problems) }
+
+// MaxProblemsShown is how many problems an error message lists; the rest
+// are counted ("... and 999 more"), so that a message stays small whatever
+// the input.
+const MaxProblemsShown = 20
+
+// ProblemsError formats problems as one line: "invalid configuration (2
+// problems): a; b", at most MaxProblemsShown of them.
+func ProblemsError(problems []Problem) string {
+	n := min(len(problems), MaxProblemsShown)
+	lines := make([]string, n, n+1)
+	for i, p := range problems[:n] {
 		lines[i] = p.String()
 	}
-	return fmt.Sprintf("invalid configuration (%d problems): %s", len(lines), strings.Join(lines, "; "))
+	if more := len(problems) - n; more > 0 {
+		lines = append(lines, fmt.Sprintf("... and %d more", more))
+	}
+	noun := "problems"
+	if len(problems) == 1 {
+		noun = "problem"
+	}
+	return fmt.Sprintf("invalid configuration (%d %s): %s", len(problems), noun, strings.Join(lines, "; "))
 }
 
 // Is makes errors.Is(err, ErrInvalid) true.
