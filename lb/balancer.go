@@ -228,3 +228,19 @@ func sortElements(es []nft.Element) []nft.Element {
 	})
 	return es
 }
+
+// Watch calls drifted whenever another process changes the Balancer's
+// table (or notifications were lost), until ctx is done; it blocks. A
+// caller typically answers with Refresh and Apply, which repair the
+// smallest difference: a changed farm's elements, or the whole table if
+// its chains, rules or sets are not what they should be. Changes made by
+// this process do not count.
+func (b *Balancer) Watch(ctx context.Context, drifted func()) error {
+	w, ok := b.conn.(interface {
+		Watch(ctx context.Context, table string, changed func()) error
+	})
+	if !ok {
+		return errors.New("this kernel connection cannot watch for changes")
+	}
+	return w.Watch(ctx, b.opts.Table, drifted)
+}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -251,5 +253,56 @@ func TestLostAcknowledgementsAreStateUnknown(t *testing.T) {
 	t.Logf("the kernel committed %d of 2000 elements although the acknowledgements were lost", len(es))
 	if len(es) != 2000 {
 		t.Errorf("set holds %d elements: the batch was not atomic", len(es))
+	}
+}
+
+// Watch reports another process's change to the table, within a second,
+// and not this process's own commits nor changes to other tables.
+func TestWatchReportsForeignChangesOnly(t *testing.T) {
+	c := openTestConn(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := NewBatch("t")
+	b.AddTable()
+	b.AddSet(testSet)
+	if err := c.Commit(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan struct{}, 100)
+	done := make(chan error, 1)
+	go func() { done <- c.Watch(ctx, "t", func() { events <- struct{}{} }) }()
+	// Our own commits: nothing to report. Give the watcher time to join
+	// the group by committing until a foreign change is seen below.
+	for i := range uint32(20) {
+		own := NewBatch("t")
+		own.AddElements(testSet, []Element{{Key: Mark(i + 1)}})
+		if err := c.Commit(ctx, own); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nsFd := c.NetNSFd()
+	runNft := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", "nft"}, args...)...)
+		cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(nsFd), "netns")}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	runNft("add", "table", "inet", "other")
+	runNft("add", "element", "inet", "t", "s", "{ 0x00000100 }")
+	select {
+	case <-events:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a foreign change to the table was not reported within 2 s")
+	}
+	select {
+	case <-events:
+		t.Error("more than one event for one foreign transaction (own commits or another table reported)")
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Watch = %v", err)
 	}
 }
