@@ -151,7 +151,7 @@ func listRuleset(t *testing.T, ns *testbed.Namespace) string {
 func runNft(t *testing.T, ns *testbed.Namespace, stdin []byte, args ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skipf("nft (Debian package nftables) is not installed: %v", err)
+		t.Fatalf("nft is not installed (apt-get install nftables): %v", err)
 	}
 	cmd := ns.Command(testContext(t), "nft", args...)
 	var out, errb bytes.Buffer

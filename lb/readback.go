@@ -279,6 +279,10 @@ func parseBackend(name string, kv map[string]string, target nft.Element) (Backen
 	}
 	v := target.Value
 	switch len(v) {
+	case 0:
+		// The dnat element is missing (deleted behind our back): the
+		// address is unknown, and the farm, read back dirty, gets the
+		// element back at the next Apply.
 	case 4, 16:
 		be.Address, _ = netip.AddrFromSlice(v)
 	case 8, 20:
