@@ -484,3 +484,51 @@ func TestFlushedChainIsNoticedAndRebuilt(t *testing.T) {
 		t.Errorf("choose chain has %d rules after the repair", got)
 	}
 }
+
+func TestStateFileSkipsTheReadBackWhileNothingChanged(t *testing.T) {
+	file := t.TempDir() + "/state.json"
+	o := Options{StateFile: file}
+	s := farms(30)
+	b, k := installed(t, s, o)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reads := func(b *Balancer) State { return b.State() }
+	// Nothing changed: the file is trusted. Prove it by hiding the
+	// kernel's elements from the read-back: the state is still right.
+	hidden := k.elems
+	k.elems = map[string]map[string]nft.Element{}
+	b2 := openFake(t, k, o, nil)
+	k.elems = hidden
+	if got := reads(b2); !reflect.DeepEqual(sortedState(got), sortedState(s)) {
+		t.Fatalf("state from the file differs")
+	}
+	n := len(k.commits)
+	if res, err := b2.Apply(context.Background(), s); err != nil || res.Changed || len(k.commits) != n {
+		t.Errorf("re-apply after adopting the file: %+v, %v", res, err)
+	}
+	s.Farms[3].Backends[1].Weight = 7
+	if _, err := b2.Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	_, fresh := installed(t, s, Options{})
+	if diff := compareKernels(k, fresh); diff != "" {
+		t.Error(diff)
+	}
+	b2.Close()
+	// Someone else changed the ruleset since: the file is not trusted.
+	k.gen++
+	delete(k.elems[setTraffic.Name], func() string {
+		for id := range k.elems[setTraffic.Name] {
+			return id
+		}
+		return ""
+	}())
+	b3 := openFake(t, k, o, nil)
+	if _, err := b3.Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if diff := compareKernels(k, fresh); diff != "" {
+		t.Errorf("after a foreign change and a fresh Open: %s", diff)
+	}
+}

@@ -76,17 +76,22 @@ func Open(ctx context.Context, opts Options) (*Balancer, error) {
 // open makes a Balancer over any kernel and adopts what it holds.
 func open(ctx context.Context, opts Options, conn, stats kernel, flush conntrackFlusher) (*Balancer, error) {
 	b := &Balancer{opts: opts, conn: conn, stats: stats, flush: flush}
+	b.reset()
+	if b.loadStateFile() {
+		return b, nil
+	}
 	if err := b.readKernel(ctx); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// Close releases the connection. The ruleset stays in the kernel.
+// Close writes the state file (Options.StateFile) and releases the
+// connection. The ruleset stays in the kernel.
 func (b *Balancer) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return errors.Join(b.conn.Close(), b.stats.Close())
+	return errors.Join(b.saveStateFile(), b.conn.Close(), b.stats.Close())
 }
 
 // Refresh makes sure the Balancer knows what the kernel holds, after

@@ -185,6 +185,7 @@ func (k *fakeKernel) Rules(_, chain string) ([]nft.RuleInfo, error) {
 }
 
 func (k *fakeKernel) Generation() (uint32, error) { return k.gen, nil }
+func (k *fakeKernel) Identity() (string, error)   { return fmt.Sprintf("fake %p", k), nil }
 func (k *fakeKernel) Close() error                { return nil }
 
 // count adds n packets to the counter of the element with key in set.

@@ -18,6 +18,8 @@ type kernel interface {
 	Chains(table string) ([]string, error)
 	Rules(table, chain string) ([]nft.RuleInfo, error)
 	Generation() (uint32, error)
+	// Identity names the namespace for as long as the system runs.
+	Identity() (string, error)
 	Close() error
 }
 

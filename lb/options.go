@@ -39,6 +39,14 @@ type Options struct {
 	FlushConntrack bool
 	// Logger receives one line per change applied. Default: discard.
 	Logger *slog.Logger
+	// StateFile, if set, is where Close leaves what the Balancer knows is
+	// installed, with the namespace's identity and ruleset generation.
+	// Open trusts it instead of reading the table back (about 1 s per
+	// 130,000 elements) when the namespace, table and generation are
+	// still those, that is when nothing at all changed in the namespace's
+	// ruleset since. Anything else, or a file that cannot be read, costs
+	// the full read-back and nothing more.
+	StateFile string
 }
 
 func (o Options) withDefaults() Options {

@@ -3,6 +3,8 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -33,6 +35,25 @@ func (c *Conn) Generation() (uint32, error) {
 		return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
 	}
 	return id, nil
+}
+
+// Identity names the Conn's namespace for as long as the system runs:
+// the boot's id and the namespace's device and inode numbers.
+func (c *Conn) Identity() (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ns == nil {
+		return "", ErrClosed
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(c.ns.Fd()), &st); err != nil {
+		return "", &OpError{Op: "identify namespace", Object: c.desc, Err: err}
+	}
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", &OpError{Op: "identify namespace", Object: c.desc, Err: err}
+	}
+	return fmt.Sprintf("boot %s netns %d:%d", strings.TrimSpace(string(boot)), st.Dev, st.Ino), nil
 }
 
 func getGeneration(nl *netlink.Conn) (uint32, error) {
