@@ -48,7 +48,7 @@ func mustBed(t *testing.T, opts testbed.Options) *testbed.Topology {
 // mustOpen opens a balancer in the bed's balancer namespace.
 func mustOpen(t *testing.T, bed *testbed.Topology, opts lb.Options) *lb.Balancer {
 	t.Helper()
-	opts.NetNS = nft.NetNSFd(bed.Balancer.Fd())
+	opts.NetNS = lb.NetNSFd(bed.Balancer.Fd())
 	b, err := lb.Open(testContext(t), opts)
 	if err != nil {
 		t.Fatalf("failed to open balancer: %v", err)

@@ -24,7 +24,7 @@ type Options struct {
 	Table string
 	// NetNS is the network namespace to act in. Default: the namespace of
 	// the thread that calls Open.
-	NetNS nft.NetNS
+	NetNS NetNS
 	// MarkMask is the contiguous range of conntrack-mark bits the balancer
 	// may use to remember each connection's backend; every other bit of
 	// the mark is preserved, and the packet mark is never written. The
@@ -78,3 +78,18 @@ func (o Options) markShift() int { return bits.TrailingZeros32(o.MarkMask) }
 func (o Options) MaxMarks() int {
 	return 1<<bits.OnesCount32(o.withDefaults().MarkMask) - 1
 }
+
+// NetNS names the network namespace a Balancer acts in; the zero value is
+// the namespace of the thread that calls Open. A closed or wrong
+// descriptor, or a path or name that is not a network namespace, makes
+// Open fail: it never falls back to the host's namespace.
+type NetNS = nft.NetNS
+
+// NetNSName names a namespace made by `ip netns add NAME` (/run/netns/NAME).
+func NetNSName(name string) NetNS { return nft.NetNSName(name) }
+
+// NetNSPath names a namespace by a path, such as /proc/PID/ns/net.
+func NetNSPath(path string) NetNS { return nft.NetNSPath(path) }
+
+// NetNSFd names a namespace by an open descriptor, which Open duplicates.
+func NetNSFd(fd int) NetNS { return nft.NetNSFd(fd) }
