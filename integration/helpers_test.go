@@ -13,7 +13,6 @@ import (
 	"github.com/l4nft/l4nft/integration/stats"
 	"github.com/l4nft/l4nft/integration/testbed"
 	"github.com/l4nft/l4nft/lb"
-	"github.com/l4nft/l4nft/nft"
 )
 
 // Addresses of the test bed (see package testbed) and the VIPs used here.
