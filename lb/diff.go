@@ -6,22 +6,6 @@ import (
 	"github.com/l4nft/l4nft/nft"
 )
 
-// rule is one rule as l4nft builds it: the expressions sent to the kernel
-// and the same rule in nft syntax, for Render.
-type rule struct {
-	nft.Rule
-	text string
-	// seed is the iptables rule of the seed design this rule replaces.
-	seed string
-}
-
-// chain is a base chain with its rules; hook is its hook line in nft syntax.
-type chain struct {
-	nft.Chain
-	hook  string
-	rules []rule
-}
-
 // element is a set element and, for Render, its nft syntax ("" for the
 // end element of a range, which nft writes as part of the range).
 type element struct {
