@@ -32,8 +32,17 @@ var (
 
 // Defaults of Options.
 const (
-	DefaultWatchInterval  = time.Second
-	DefaultResyncInterval = time.Minute
+	DefaultWatchInterval = time.Second
+	// DefaultResyncInterval is short because a resync of a kernel nobody
+	// changed costs one netlink round trip (lb.Balancer.Refresh compares
+	// the ruleset generation), and drift is repaired within it.
+	DefaultResyncInterval = time.Second
+)
+
+// Bounds of the exponential backoff between retries of a failed apply.
+const (
+	minRetry = 100 * time.Millisecond
+	maxRetry = 30 * time.Second
 )
 
 // Observer is told about applies and reloads, for metrics. Its methods
@@ -65,6 +74,17 @@ type Options struct {
 	// ResyncInterval is how often the kernel is re-read and repaired;
 	// default DefaultResyncInterval, negative disables it.
 	ResyncInterval time.Duration
+	// RunDir holds the instance locks; default DefaultRunDir.
+	RunDir string
+	// MaxFileSize is the largest configuration file read; default
+	// DefaultMaxFileSize.
+	MaxFileSize int64
+	// Prepare, if set, is called with the configuration once the instance
+	// lock is held and before anything is sent to the kernel; if it fails,
+	// New fails with the kernel untouched. The command line validates and
+	// binds the API there, so that a start that cannot serve changes
+	// nothing.
+	Prepare func(*config.Config) error
 }
 
 // Daemon keeps one balancer matching a configuration, the API's changes
@@ -80,8 +100,10 @@ type Daemon struct {
 	obs     Observer
 	lbOpts  lb.Options
 	nsFile  *os.File // the balancer's namespace, for health checks
+	lock    *instanceLock
 	mon     *health.Monitor
 	kick    chan struct{}
+	failed  chan struct{} // an apply failed: arm the retry
 	started time.Time
 	dir     bool // ConfigPath is a configuration directory
 
@@ -96,6 +118,8 @@ type Daemon struct {
 	farms    []*config.Farm // in the order of the file or directory
 	index    map[string]*config.Farm
 	needFull bool // a partial apply may have left the kernel elsewhere: retry the whole state
+	whole    bool // the next reload applies the whole state (SIGHUP after a Refresh)
+	applies  int  // calls to the library that may have changed the kernel
 	// What is on disk.
 	files    map[string]config.File // by path: as last loaded or written
 	farmPath map[string]string      // directory: each farm's file
@@ -117,6 +141,8 @@ type info struct {
 	rebuilds   int
 	reloads    int
 	rejected   int
+	drifted    bool // the kernel was found to differ and is not repaired yet
+	repairs    int
 }
 
 type nopObserver struct{}
@@ -124,11 +150,12 @@ type nopObserver struct{}
 func (nopObserver) ObserveApply(lb.Result, error) {}
 func (nopObserver) ObserveReload(error)           {}
 
-// New loads the configuration, adopts the installed table in the
-// namespace, starts the health checks and makes the kernel match. It fails
-// if the configuration is invalid or the apply fails; the kernel is then
-// unchanged. Temporary files a crash left beside the configuration are
-// removed first.
+// New loads the configuration, takes the instance lock of the namespace
+// and table, adopts the installed table, starts the health checks and
+// makes the kernel match. Nothing is sent to the kernel before the
+// configuration is valid, the lock is held and Options.Prepare succeeded;
+// if the first apply fails the kernel is unchanged. Temporary files a
+// crash left beside the configuration are removed once the lock is held.
 func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.ConfigPath == "" {
 		return nil, errors.New("no configuration file")
@@ -142,13 +169,18 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if opts.ResyncInterval == 0 {
 		opts.ResyncInterval = DefaultResyncInterval
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, obs: opts.Observer, kick: make(chan struct{}, 1), started: time.Now(),
+	if opts.RunDir == "" {
+		opts.RunDir = DefaultRunDir
+	}
+	if opts.MaxFileSize <= 0 {
+		opts.MaxFileSize = DefaultMaxFileSize
+	}
+	d := &Daemon{opts: opts, log: opts.Logger, obs: opts.Observer, kick: make(chan struct{}, 1), failed: make(chan struct{}, 1), started: time.Now(),
 		dir: config.IsDir(opts.ConfigPath), pending: map[string]struct{}{}, files: map[string]config.File{},
 		farmPath: map[string]string{}, frags: map[string][]byte{}}
 	if d.obs == nil {
 		d.obs = nopObserver{}
 	}
-	d.removeStaleTemp()
 	cfg, err := d.loadAll()
 	if err != nil {
 		return nil, err
@@ -158,6 +190,7 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	d.lbOpts = cfg.LBOptions()
 	d.lbOpts.Logger = opts.Logger
 	dial := health.DialFunc(nil)
+	where := "the agent's own network namespace"
 	if opts.NetNS != "" {
 		path := filepath.Join("/run/netns", opts.NetNS)
 		if d.nsFile, err = os.Open(path); err != nil {
@@ -170,6 +203,21 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}()
 		d.lbOpts.NetNS = nft.NetNSFd(int(d.nsFile.Fd()))
 		dial = health.NetNSDialer(int(d.nsFile.Fd()))
+		where = fmt.Sprintf("network namespace %q", opts.NetNS)
+	}
+	if d.lock, err = acquireLock(opts.RunDir, d.nsFile, cfg.TableName(), where); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			d.lock.release()
+		}
+	}()
+	d.removeStaleTemp()
+	if opts.Prepare != nil {
+		if err := opts.Prepare(d.Config()); err != nil {
+			return nil, err
+		}
 	}
 	if d.bal, err = lb.Open(ctx, d.lbOpts); err != nil {
 		return nil, fmt.Errorf("opening the balancer: %w", err)
@@ -246,6 +294,9 @@ func (d *Daemon) removeStaleTemp() {
 // files read.
 func (d *Daemon) loadAll() (*config.Config, error) {
 	if d.dir {
+		if err := d.checkDirFiles(); err != nil {
+			return nil, fmt.Errorf("reading configuration: %w", err)
+		}
 		cfg, files, err := config.LoadDir(d.opts.ConfigPath)
 		if err != nil {
 			return nil, err
@@ -258,7 +309,7 @@ func (d *Daemon) loadAll() (*config.Config, error) {
 		}
 		return cfg, nil
 	}
-	file, data, err := config.ReadFile(d.opts.ConfigPath)
+	file, data, err := readConfigFile(d.opts.ConfigPath, d.opts.MaxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
 	}
@@ -268,6 +319,25 @@ func (d *Daemon) loadAll() (*config.Config, error) {
 	}
 	d.files[d.opts.ConfigPath] = file
 	return cfg, nil
+}
+
+// checkDirFiles checks every file of the configuration directory as
+// readConfigFile would, before config.LoadDir reads them.
+func (d *Daemon) checkDirFiles() error {
+	main := config.MainPath(d.opts.ConfigPath)
+	if err := statFile(main, d.opts.MaxFileSize); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	list, err := config.FarmFiles(d.opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	for _, f := range list {
+		if err := statFile(f.Path, d.opts.MaxFileSize); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // publish makes cfg the configuration in force.
@@ -286,29 +356,28 @@ func (d *Daemon) publish(cfg *config.Config) {
 }
 
 // Run polls the configuration, reloads on request (a value on reload,
-// such as SIGHUP), follows health transitions and retries failed applies,
-// until ctx is done. It leaves the data plane as it is; see Close.
+// such as SIGHUP), follows health transitions, re-reads the kernel to
+// repair drift and retries failed applies with exponential backoff, until
+// ctx is done. It leaves the data plane as it is; see Close.
 func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	watch := ticker(d.opts.WatchInterval)
 	defer watch.Stop()
 	resync := ticker(d.opts.ResyncInterval)
 	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var backoff time.Duration // the wait before the armed retry; 0 when none is armed
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-reload:
 			d.log.Info("reload requested")
-			if err := d.Resync(ctx); err != nil {
-				d.log.Error("re-reading the kernel failed", "err", err)
-			}
-			d.Reload(ctx) // logged inside
+			d.hangup(ctx)
 		case <-watch.C:
 			d.mu.Lock()
 			d.reloadLocked(ctx, true)
-			if d.info.applyErr != nil || d.needFull {
-				d.reconcileLocked(ctx, "retry")
-			}
 			d.mu.Unlock()
 		case <-resync.C:
 			if err := d.Resync(ctx); err != nil {
@@ -316,7 +385,65 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			}
 		case <-d.kick:
 			d.applyHealth(ctx)
+		case <-d.failed:
+		case <-retry.C:
+			d.mu.Lock()
+			if d.failingLocked() {
+				d.reconcileLocked(ctx, "retry")
+			}
+			d.mu.Unlock()
+			backoff = nextBackoff(backoff)
+			if !d.failing() {
+				backoff = 0
+				continue
+			}
+			retry.Reset(backoff)
+			continue
 		}
+		switch failing := d.failing(); {
+		case failing && backoff == 0:
+			backoff = minRetry
+			retry.Reset(backoff)
+		case !failing && backoff != 0:
+			retry.Stop()
+			backoff = 0
+		}
+	}
+}
+
+// nextBackoff doubles the wait between retries, from minRetry up to
+// maxRetry.
+func nextBackoff(cur time.Duration) time.Duration {
+	return min(max(2*cur, minRetry), maxRetry)
+}
+
+// failing reports whether the kernel may not match: the last apply failed
+// or left it part-way.
+func (d *Daemon) failing() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.failingLocked()
+}
+
+func (d *Daemon) failingLocked() bool {
+	return d.needFull || d.info.applyErr != nil
+}
+
+// hangup is SIGHUP: re-read the kernel, then reload the files and make
+// the kernel match with one apply of the whole state, or, if the files did
+// not change (or are rejected), repair it with the configuration in force.
+func (d *Daemon) hangup(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.bal.Refresh(ctx); err != nil {
+		d.log.Error("re-reading the kernel failed", "err", err)
+	}
+	before := d.applies
+	d.whole = true
+	d.reloadLocked(ctx, false) // logged inside
+	d.whole = false
+	if d.applies == before {
+		d.repairLocked(ctx, "resync")
 	}
 }
 
@@ -345,6 +472,7 @@ func (d *Daemon) Close(ctx context.Context, remove bool) error {
 	if d.nsFile != nil {
 		errs = append(errs, d.nsFile.Close())
 	}
+	errs = append(errs, d.lock.release())
 	return errors.Join(errs...)
 }
 
@@ -425,12 +553,18 @@ func (d *Daemon) recordLocked(reason string, res lb.Result, err error) error {
 		if errors.Is(err, lb.ErrInvalid) {
 			return err // refused before the kernel: nothing changed
 		}
+		d.applies++
+		select {
+		case d.failed <- struct{}{}:
+		default:
+		}
 		if in.applyErr == nil || in.applyErr.Error() != err.Error() {
 			d.log.Error("apply failed", "reason", reason, "err", err)
 		}
 		in.applyErr = err
 		return err
 	}
+	d.applies++
 	in.applyErr = nil
 	in.last = ApplyInfo{Time: time.Now(), Reason: reason, Changed: res.Changed, Rebuilt: res.Rebuilt && res.Changed,
 		Messages: res.Messages, Elements: res.Elements, Duration: res.Duration}
@@ -445,17 +579,38 @@ func (d *Daemon) recordLocked(reason string, res lb.Result, err error) error {
 }
 
 // Resync re-reads the kernel and repairs any difference from the desired
-// state (a table deleted or edited behind the agent's back).
+// state (a table, chain, rule or element deleted or edited behind the
+// agent's back). When nothing changed in the namespace it costs one
+// netlink round trip.
 func (d *Daemon) Resync(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.bal.Refresh(ctx); err != nil {
 		return fmt.Errorf("re-reading the kernel: %w", err)
 	}
-	if err := d.reconcileLocked(ctx, "resync"); err != nil {
+	return d.repairLocked(ctx, "resync")
+}
+
+// repairLocked applies the whole effective state after a Refresh and
+// counts a change it makes as a repair of drift, unless it only finishes
+// a change that had failed.
+func (d *Daemon) repairLocked(ctx context.Context, reason string) error {
+	retrying := d.failingLocked()
+	if err := d.reconcileLocked(ctx, reason); err != nil {
+		d.setInfo(func(in *info) { in.drifted = true })
 		return err
 	}
-	if last := d.info.last; last.Changed {
+	last := d.info.last
+	if !last.Changed && !d.info.drifted {
+		return nil
+	}
+	d.setInfo(func(in *info) {
+		if last.Changed && !retrying {
+			in.repairs++
+		}
+		in.drifted = false
+	})
+	if last.Changed {
 		d.log.Warn("the kernel differed from the desired state and was repaired", "table", d.lbOpts.Table, "rebuilt", last.Rebuilt)
 	}
 	return nil
@@ -486,6 +641,9 @@ func (d *Daemon) Healthz() error {
 	if err := d.info.applyErr; err != nil {
 		return fmt.Errorf("the last apply failed: %w", err)
 	}
+	if d.info.drifted {
+		return errors.New("the kernel differs from the desired state and is not repaired yet")
+	}
 	return nil
 }
 
@@ -508,7 +666,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	}
 	st := Status{Table: d.lbOpts.Table, NetNS: d.opts.NetNS, Config: d.opts.ConfigPath, StartedAt: d.started,
 		ConfigError: in.configErr, LastApply: in.last, LastChange: in.lastChange, Changes: in.changes, Rebuilds: in.rebuilds,
-		Reloads: in.reloads, Rejected: in.rejected, Farms: make([]FarmStatus, 0, len(farms))}
+		Reloads: in.reloads, Rejected: in.rejected, Drifted: in.drifted, Repairs: in.repairs, Farms: make([]FarmStatus, 0, len(farms))}
 	if in.applyErr != nil {
 		st.ApplyError = in.applyErr.Error()
 	}

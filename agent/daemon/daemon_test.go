@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,13 @@ func (r *recorder) ObserveReload(error) { r.reloads++ }
 // mustDaemon starts a daemon in a new test bed's balancer namespace.
 func mustDaemon(tb testing.TB) (*Daemon, *testbed.Topology, string) {
 	tb.Helper()
+	d, topo, path, _ := mustDaemonStop(tb)
+	return d, topo, path
+}
+
+// mustDaemonStop is mustDaemon, with a function that stops the daemon.
+func mustDaemonStop(tb testing.TB) (*Daemon, *testbed.Topology, string, func()) {
+	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("requires root (CAP_NET_ADMIN)")
 	}
@@ -47,28 +55,50 @@ func mustDaemon(tb testing.TB) (*Daemon, *testbed.Topology, string) {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	d := mustNew(tb, topo, path)
-	return d, topo, path
+	d, stop := mustNewStop(tb, topo, path, nil, nil)
+	return d, topo, path, stop
 }
 
 func mustNew(tb testing.TB, topo *testbed.Topology, path string) *Daemon {
 	tb.Helper()
-	d, err := New(context.Background(), Options{ConfigPath: path, NetNS: topo.Balancer.NetnsName(), Observer: &recorder{}, WatchInterval: 20 * time.Millisecond})
+	d, _ := mustNewStop(tb, topo, path, nil, nil)
+	return d
+}
+
+// testRunDir holds the tests' instance locks: private, and shared by the
+// daemons of one test so that they exclude each other.
+var testRunDir = filepath.Join(os.TempDir(), "l4nft-daemon-test-run")
+
+// mustNewStop starts a daemon with edit applied to its options, running
+// with reload as its SIGHUP, and returns it with a function that stops it
+// (also called at cleanup).
+func mustNewStop(tb testing.TB, topo *testbed.Topology, path string, edit func(*Options), reload <-chan struct{}) (*Daemon, func()) {
+	tb.Helper()
+	opts := Options{ConfigPath: path, NetNS: topo.Balancer.NetnsName(), Observer: &recorder{},
+		WatchInterval: 20 * time.Millisecond, ResyncInterval: -1, RunDir: testRunDir}
+	if edit != nil {
+		edit(&opts)
+	}
+	d, err := New(context.Background(), opts)
 	if err != nil {
 		tb.Fatalf("failed to start the daemon: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		d.Run(ctx, nil)
+		d.Run(ctx, reload)
 		close(done)
 	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-		d.Close(context.Background(), false)
-	})
-	return d
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			d.Close(context.Background(), false)
+		})
+	}
+	tb.Cleanup(stop)
+	return d, stop
 }
 
 func effective(tb testing.TB, d *Daemon, name string) (lb.BackendState, bool) {
@@ -139,7 +169,7 @@ func TestHealthDrainsAndOperatorWins(t *testing.T) {
 }
 
 func TestRestartKeepsHealthDrain(t *testing.T) {
-	d, topo, path := mustDaemon(t)
+	d, topo, path, stopFirst := mustDaemonStop(t)
 	topo.Backends[0].StopServers()
 	waitFor(t, "backend0 drained by health", func() error {
 		if s, _ := effective(t, d, "backend0"); s != lb.Drain {
@@ -147,8 +177,9 @@ func TestRestartKeepsHealthDrain(t *testing.T) {
 		}
 		return nil
 	})
-	// A second daemon adopting the table (as after a restart) keeps the
+	// A second daemon adopting the table after a restart keeps the
 	// drained backend drained and changes nothing.
+	stopFirst()
 	d2 := mustNew(t, topo, path)
 	st, err := d2.Status(context.Background())
 	if err != nil {

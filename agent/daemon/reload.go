@@ -134,7 +134,7 @@ func (d *Daemon) reloadLocked(ctx context.Context, settle bool) error {
 			fmt.Fprintf(h, "removed %s\n", c.path)
 			continue
 		}
-		file, data, err := config.ReadFile(c.path)
+		file, data, err := readConfigFile(c.path, d.opts.MaxFileSize)
 		if errors.Is(err, fs.ErrNotExist) && d.dir {
 			if _, ok := d.files[c.path]; ok {
 				removed = append(removed, c.path)
@@ -442,7 +442,7 @@ func (d *Daemon) applyLocked(ctx context.Context, reason string, changes []chang
 			return nil
 		})
 	}
-	if len(changes) > maxIncremental {
+	if len(changes) > maxIncremental || d.whole {
 		err := whole()
 		if err != nil {
 			undoHealth()

@@ -209,7 +209,7 @@ func mustStartAgent(tb testing.TB, topo *testbed.Topology, config string, extra 
 	tb.Helper()
 	socket := filepath.Join(filepath.Dir(config), "l4nft.sock")
 	args := append([]string{"run", "--config", config, "--netns", topo.Balancer.NetnsName(), "--socket", socket,
-		"--watch-interval", "50ms", "--log-format", "json"}, extra...)
+		"--run-dir", filepath.Join(filepath.Dir(config), "run"), "--watch-interval", "50ms", "--log-format", "json"}, extra...)
 	a := &agent{cmd: exec.Command(binary, args...), config: config, socket: socket, logs: &syncBuffer{},
 		done: make(chan struct{}), client: api.NewUnixClient(socket)}
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs

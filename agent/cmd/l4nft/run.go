@@ -33,6 +33,8 @@ func runCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	watch := fs.Duration("watch-interval", daemon.DefaultWatchInterval, "how often to check the file for changes (negative: only on SIGHUP)")
 	resync := fs.Duration("resync-interval", daemon.DefaultResyncInterval, "how often to re-read the kernel and repair drift (negative: only on SIGHUP)")
+	runDir := fs.String("run-dir", daemon.DefaultRunDir, "directory of the instance locks (one agent per namespace and table)")
+	maxSize := fs.Int64("max-config-size", daemon.DefaultMaxFileSize, "largest configuration file read, in bytes")
 	return func(ctx context.Context, e *env, args []string) error {
 		if len(args) > 0 {
 			return usagef("unexpected arguments %q", args)
@@ -45,14 +47,15 @@ func runCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		return runAgent(ctx, e, log, agentOptions{config: *cfgPath, netns: *netns, socket: *socket,
-			cleanup: *cleanup, watch: *watch, resync: *resync})
+			cleanup: *cleanup, watch: *watch, resync: *resync, runDir: *runDir, maxSize: *maxSize})
 	}
 }
 
 type agentOptions struct {
-	config, netns, socket string
-	cleanup               bool
-	watch, resync         time.Duration
+	config, netns, socket, runDir string
+	cleanup                       bool
+	watch, resync                 time.Duration
+	maxSize                       int64
 }
 
 func runAgent(ctx context.Context, e *env, log *slog.Logger, o agentOptions) error {
@@ -83,9 +86,16 @@ func runAgent(ctx context.Context, e *env, log *slog.Logger, o agentOptions) err
 	}()
 
 	m := metrics.New()
+	// The API is checked and bound before the daemon touches the kernel.
+	var lis *apiListeners
 	d, err := daemon.New(ctx, daemon.Options{ConfigPath: o.config, NetNS: o.netns, Logger: log, Observer: m,
-		WatchInterval: o.watch, ResyncInterval: o.resync})
+		WatchInterval: o.watch, ResyncInterval: o.resync, RunDir: o.runDir, MaxFileSize: o.maxSize,
+		Prepare: func(cfg *config.Config) (err error) {
+			lis, err = listenAPI(cfg, o)
+			return err
+		}})
 	if err != nil {
+		lis.close()
 		return err
 	}
 	m.SetStatus(d.Status)
@@ -97,11 +107,7 @@ func runAgent(ctx context.Context, e *env, log *slog.Logger, o agentOptions) err
 	}
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)})
 
-	servers, err := startAPI(d, d.Config(), o, log, metricsHandler)
-	if err != nil {
-		d.Close(context.Background(), false)
-		return err
-	}
+	servers := lis.serve(d, log, metricsHandler)
 	log.Info("agent running", "config", o.config, "table", d.Config().TableName(), "netns", o.netns)
 
 	d.Run(ctx, reload)
@@ -122,68 +128,94 @@ func runAgent(ctx context.Context, e *env, log *slog.Logger, o agentOptions) err
 	return nil
 }
 
-// startAPI serves the API on the unix socket and, if configured, on TCP.
-func startAPI(d *daemon.Daemon, cfg *config.Config, o agentOptions, log *slog.Logger, metricsHandler http.Handler) ([]*http.Server, error) {
-	socket := o.socket
-	if socket == "" {
-		socket = cfg.SocketPath()
+// apiListeners are the API's listeners, bound but not yet served.
+type apiListeners struct {
+	unix, tcp net.Listener
+	socket    string
+	token     string
+	tls       bool
+}
+
+// listenAPI checks the API's settings (token file, TLS files, addresses)
+// and binds its listeners: the unix socket and, if configured, TCP.
+func listenAPI(cfg *config.Config, o agentOptions) (*apiListeners, error) {
+	lis := &apiListeners{socket: o.socket}
+	if lis.socket == "" {
+		lis.socket = cfg.SocketPath()
 	}
+	a := cfg.API
+	var tlsConfig *tls.Config
+	if a.Listen != "" {
+		if a.TokenFile == "" {
+			return nil, errors.New("api.listen requires api.token_file: refusing to serve the API on TCP without a token")
+		}
+		raw, err := os.ReadFile(a.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading api.token_file: %w", err)
+		}
+		lis.token = strings.TrimSpace(string(raw))
+		if lis.token == "" {
+			return nil, fmt.Errorf("api.token_file %s is empty: refusing to serve the API on TCP without a token", a.TokenFile)
+		}
+		lis.tls = a.TLSCert != ""
+		if !lis.tls && !isLoopback(a.Listen) {
+			return nil, fmt.Errorf("api.listen %s is not a loopback address: api.tls_cert and api.tls_key are required", a.Listen)
+		}
+		if lis.tls {
+			cert, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey)
+			if err != nil {
+				return nil, fmt.Errorf("loading api.tls_cert/tls_key: %w", err)
+			}
+			tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		if lis.tcp, err = net.Listen("tcp", a.Listen); err != nil {
+			return nil, fmt.Errorf("api.listen: %w", err)
+		}
+		if lis.tls {
+			lis.tcp = tls.NewListener(lis.tcp, tlsConfig)
+		}
+	}
+	ul, err := api.ListenUnix(lis.socket)
+	if err != nil {
+		lis.close()
+		return nil, err
+	}
+	lis.unix = ul
+	return lis, nil
+}
+
+// close closes the listeners of an API that will not be served.
+func (lis *apiListeners) close() {
+	if lis == nil {
+		return
+	}
+	if lis.tcp != nil {
+		lis.tcp.Close()
+	}
+	if lis.unix != nil {
+		lis.unix.Close()
+	}
+}
+
+// serve serves the API on the listeners.
+func (lis *apiListeners) serve(d *daemon.Daemon, log *slog.Logger, metricsHandler http.Handler) []*http.Server {
 	newServer := func(token string) *http.Server {
 		h := api.NewHandler(api.Options{Service: d, Metrics: metricsHandler, Token: token, Logger: log})
 		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 			WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	}
-	ul, err := api.ListenUnix(socket)
-	if err != nil {
-		return nil, err
-	}
 	us := newServer("")
-	go us.Serve(ul)
+	go us.Serve(lis.unix)
 	servers := []*http.Server{us}
-	log.Info("api listening", "socket", socket)
-
-	a := cfg.API
-	if a.Listen == "" {
-		return servers, nil
+	log.Info("api listening", "socket", lis.socket)
+	if lis.tcp != nil {
+		ts := newServer(lis.token)
+		go ts.Serve(lis.tcp)
+		log.Info("api listening", "address", lis.tcp.Addr().String(), "tls", lis.tls)
+		servers = append(servers, ts)
 	}
-	fail := func(err error) ([]*http.Server, error) {
-		us.Close()
-		return nil, err
-	}
-	if a.TokenFile == "" {
-		return fail(errors.New("api.listen requires api.token_file: refusing to serve the API on TCP without a token"))
-	}
-	raw, err := os.ReadFile(a.TokenFile)
-	if err != nil {
-		return fail(fmt.Errorf("reading api.token_file: %w", err))
-	}
-	token := strings.TrimSpace(string(raw))
-	if token == "" {
-		return fail(fmt.Errorf("api.token_file %s is empty: refusing to serve the API on TCP without a token", a.TokenFile))
-	}
-	useTLS := a.TLSCert != ""
-	if !useTLS && !isLoopback(a.Listen) {
-		return fail(fmt.Errorf("api.listen %s is not a loopback address: api.tls_cert and api.tls_key are required", a.Listen))
-	}
-	ts := newServer(token)
-	var l net.Listener
-	if useTLS {
-		cert, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey)
-		if err != nil {
-			return fail(fmt.Errorf("loading api.tls_cert/tls_key: %w", err))
-		}
-		ts.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	if l, err = net.Listen("tcp", a.Listen); err != nil {
-		return fail(fmt.Errorf("api.listen: %w", err))
-	}
-	if useTLS {
-		l = tls.NewListener(l, ts.TLSConfig)
-	}
-	go ts.Serve(l)
-	log.Info("api listening", "address", l.Addr().String(), "tls", useTLS)
-	return append(servers, ts), nil
+	return servers
 }
 
 func isLoopback(hostport string) bool {
