@@ -15,6 +15,7 @@ import (
 
 	"github.com/l4nft/l4nft/agent/config"
 	"github.com/l4nft/l4nft/agent/daemon"
+	"github.com/l4nft/l4nft/lb"
 )
 
 // fakeService keeps farms in memory and validates like the daemon.
@@ -122,6 +123,32 @@ func (s *fakeService) Reload(context.Context) error { return errors.New("no file
 func (s *fakeService) Render() string               { return "table inet l4nft {}\n" }
 func (s *fakeService) Healthz() error               { return nil }
 
+// DryRun plans a change as the daemon does, against the farms in memory:
+// any difference is one farm changed, added or removed.
+func (s *fakeService) DryRun(_ context.Context, name string, build func(*config.Farm) (*config.Farm, error)) (*lb.Plan, error) {
+	var cur *config.Farm
+	if f, err := s.Farm(name); err == nil {
+		cur = &f
+	}
+	next, err := build(cur)
+	if err != nil {
+		return nil, err
+	}
+	p := &lb.Plan{}
+	switch {
+	case cur == nil && next != nil:
+		p.Added = []string{name}
+	case cur != nil && next == nil:
+		p.Removed = []string{name}
+	case cur != nil && !cur.Equal(next):
+		p.Changed = []string{name}
+	default:
+		return p, nil
+	}
+	p.Transactions, p.Messages, p.Elements = 1, 3, 1
+	return p, nil
+}
+
 const webFarm = `{"name": "web", "address": "198.51.100.250", "ports": ["80"],
   "backends": [{"name": "app0", "address": "203.0.113.10", "weight": 1}]}`
 
@@ -199,7 +226,7 @@ func TestBadBodies(t *testing.T) {
 		{"not json", "POST", "/v1/farms", "name: web", "malformed JSON"},
 		{"unknown field", "POST", "/v1/farms", `{"name": "web", "colour": 1}`, "unknown field"},
 		{"wrong type", "POST", "/v1/farms", `{"name": "web", "ports": {"a": 1}}`, "ports"},
-		{"bad change", "PATCH", "/v1/farms/web/backends/app0", `{"weight": "heavy"}`, "malformed backend change"},
+		{"bad change", "PATCH", "/v1/farms/web/backends/app0", `{"weight": "heavy"}`, `\"heavy\" is not a whole number`},
 		{"two changes", "PATCH", "/v1/farms/web/backends/app0", `{"weight": 1}{"weight": 2}`, "malformed JSON"},
 	} {
 		code, body := do(t, srv, tc.method, tc.path, "", tc.body)

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/l4nft/l4nft/agent/config"
@@ -32,6 +34,10 @@ type Service interface {
 	Reload(ctx context.Context) error
 	Render() string
 	Healthz() error
+	// DryRun works out what a change of the farm named name would send:
+	// build gets the farm in force (nil if none) and returns the farm
+	// wanted (nil to delete it). Nothing is changed.
+	DryRun(ctx context.Context, name string, build func(cur *config.Farm) (*config.Farm, error)) (*lb.Plan, error)
 }
 
 // Options configure NewHandler.
@@ -44,14 +50,50 @@ type Options struct {
 	Token string
 	// MaxBody limits request bodies; default DefaultMaxBody.
 	MaxBody int64
+	// Limits bound the farms a client may create and the backends of a
+	// farm body; zero fields take config's defaults.
+	Limits config.Limits
 	// Logger receives a line per failed request; default discard.
 	Logger *slog.Logger
 }
 
 // ErrorBody is the JSON body of every error response.
 type ErrorBody struct {
-	Error    string           `json:"error"`
-	Problems []config.Problem `json:"problems,omitempty"`
+	Error    string       `json:"error"`
+	Problems []lb.Problem `json:"problems,omitempty"`
+}
+
+// PlanBody is the answer to a change sent with ?dry_run=true: what the
+// change would send to the kernel. Nothing was changed, in the kernel or
+// in the files.
+type PlanBody struct {
+	DryRun bool `json:"dry_run"`
+	// Empty is true when the change would send nothing.
+	Empty bool `json:"empty"`
+	// Added, Changed and Removed name the farms concerned.
+	Added   []string `json:"added"`
+	Changed []string `json:"changed"`
+	Removed []string `json:"removed"`
+	// Rebuild says the whole table would be (re)created.
+	Rebuild bool `json:"rebuild"`
+	// Transactions, Messages and Elements count what would be sent.
+	Transactions int `json:"transactions"`
+	Messages     int `json:"messages"`
+	Elements     int `json:"elements"`
+	// NFT is the elements that would change, in nft syntax.
+	NFT string `json:"nft"`
+}
+
+// NewPlanBody returns the body describing p.
+func NewPlanBody(p *lb.Plan) PlanBody {
+	nonNil := func(s []string) []string {
+		if s == nil {
+			return []string{}
+		}
+		return s
+	}
+	return PlanBody{DryRun: true, Empty: p.Empty(), Added: nonNil(p.Added), Changed: nonNil(p.Changed), Removed: nonNil(p.Removed),
+		Rebuild: p.Rebuild, Transactions: p.Transactions, Messages: p.Messages, Elements: p.Elements, NFT: p.String()}
 }
 
 type server struct {
@@ -64,6 +106,7 @@ func NewHandler(opts Options) http.Handler {
 	if opts.MaxBody <= 0 {
 		opts.MaxBody = DefaultMaxBody
 	}
+	opts.Limits = opts.Limits.WithDefaults()
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -133,10 +176,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func (s *server) fail(w http.ResponseWriter, r *http.Request, code int, err error) {
 	body := ErrorBody{Error: err.Error()}
-	var ce *config.Error
-	if errors.As(err, &ce) {
-		body.Problems = ce.Problems
-		body.Error = fmt.Sprintf("invalid configuration (%d problems)", len(ce.Problems))
+	var ve *lb.ValidationError
+	if errors.As(err, &ve) {
+		body.Problems = ve.Problems
+		body.Error = fmt.Sprintf("invalid configuration (%d %s)", len(ve.Problems), map[bool]string{true: "problem", false: "problems"}[len(ve.Problems) == 1])
 	}
 	if code >= 500 {
 		s.Logger.Error("api request failed", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
@@ -185,18 +228,57 @@ func (s *server) body(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return data, true
 }
 
-// farmBody parses a farm from the request body.
-func (s *server) farmBody(w http.ResponseWriter, r *http.Request) (config.Farm, bool) {
+// farmBody parses a farm from the request body, named as the path
+// says when the body does not name it, and validates it alone: every
+// problem of the body, parse and validation, is reported at once.
+func (s *server) farmBody(w http.ResponseWriter, r *http.Request, pathName string) (config.Farm, bool) {
 	data, ok := s.body(w, r)
 	if !ok {
 		return config.Farm{}, false
 	}
-	f, err := config.ParseFarm("request body", data)
+	f, err := config.ParseAndValidateFarm("request body", data, pathName, s.Limits, lb.Options{})
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err)
 		return config.Farm{}, false
 	}
 	return f, true
+}
+
+// dryRun reports whether the request asks for a dry run (?dry_run=true);
+// it answers 400 to a value that is not a boolean.
+func (s *server) dryRun(w http.ResponseWriter, r *http.Request) (dry, ok bool) {
+	v := r.URL.Query().Get("dry_run")
+	if v == "" {
+		return false, true
+	}
+	dry, err := strconv.ParseBool(v)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("dry_run=%q is not true or false", v))
+		return false, false
+	}
+	return dry, true
+}
+
+// plan answers a dry run of the change build makes to the farm name.
+func (s *server) plan(w http.ResponseWriter, r *http.Request, name string, build func(cur *config.Farm) (*config.Farm, error)) {
+	p, err := s.Service.DryRun(r.Context(), name, build)
+	if err != nil {
+		s.failService(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, NewPlanBody(p))
+}
+
+// roomForFarm refuses a new farm beyond Limits.MaxFarms.
+func (s *server) roomForFarm(w http.ResponseWriter, r *http.Request, name string) bool {
+	if _, err := s.Service.Farm(name); err == nil {
+		return true // replaced, not added
+	}
+	if n := len(s.Service.Farms()); n >= s.Limits.MaxFarms {
+		s.fail(w, r, http.StatusConflict, fmt.Errorf("the agent holds %d farms, the limit (limits.max_farms): remove one first", n))
+		return false
+	}
+	return true
 }
 
 func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -249,8 +331,24 @@ func (s *server) getFarm(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) createFarm(w http.ResponseWriter, r *http.Request) {
-	f, ok := s.farmBody(w, r)
+	dry, ok := s.dryRun(w, r)
 	if !ok {
+		return
+	}
+	f, ok := s.farmBody(w, r, "")
+	if !ok {
+		return
+	}
+	if dry {
+		s.plan(w, r, f.Name, func(cur *config.Farm) (*config.Farm, error) {
+			if cur != nil {
+				return nil, fmt.Errorf("farm %q: %w", f.Name, daemon.ErrExists)
+			}
+			return &f, nil
+		})
+		return
+	}
+	if !s.roomForFarm(w, r, f.Name) {
 		return
 	}
 	if err := s.Service.CreateFarm(r.Context(), f); err != nil {
@@ -262,16 +360,24 @@ func (s *server) createFarm(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) putFarm(w http.ResponseWriter, r *http.Request) {
-	f, ok := s.farmBody(w, r)
+	dry, ok := s.dryRun(w, r)
 	if !ok {
 		return
 	}
 	name := r.PathValue("farm")
-	if f.Name == "" {
-		f.Name = name
+	f, ok := s.farmBody(w, r, name)
+	if !ok {
+		return
 	}
 	if f.Name != name {
 		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("the body names farm %q but the path %q", f.Name, name))
+		return
+	}
+	if dry {
+		s.plan(w, r, name, func(*config.Farm) (*config.Farm, error) { return &f, nil })
+		return
+	}
+	if !s.roomForFarm(w, r, name) {
 		return
 	}
 	created, err := s.Service.PutFarm(r.Context(), f)
@@ -297,7 +403,21 @@ func (s *server) writeFarm(w http.ResponseWriter, r *http.Request, code int, nam
 }
 
 func (s *server) deleteFarm(w http.ResponseWriter, r *http.Request) {
-	if err := s.Service.DeleteFarm(r.Context(), r.PathValue("farm")); err != nil {
+	dry, ok := s.dryRun(w, r)
+	if !ok {
+		return
+	}
+	name := r.PathValue("farm")
+	if dry {
+		s.plan(w, r, name, func(cur *config.Farm) (*config.Farm, error) {
+			if cur == nil {
+				return nil, fmt.Errorf("farm %q: %w", name, daemon.ErrNotFound)
+			}
+			return nil, nil
+		})
+		return
+	}
+	if err := s.Service.DeleteFarm(r.Context(), name); err != nil {
 		s.failService(w, r, err)
 		return
 	}
@@ -320,22 +440,41 @@ func (s *server) getBackend(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) patchBackend(w http.ResponseWriter, r *http.Request) {
+	dry, ok := s.dryRun(w, r)
+	if !ok {
+		return
+	}
 	data, ok := s.body(w, r)
 	if !ok {
 		return
 	}
-	var ch daemon.BackendChange
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ch); err != nil {
-		s.fail(w, r, http.StatusBadRequest, fmt.Errorf("malformed backend change: %w", err))
+	ch, err := config.ParseBackendChange("request body", data)
+	if err != nil {
+		s.fail(w, r, http.StatusBadRequest, err)
 		return
 	}
-	if ch.Weight == nil && ch.State == nil {
-		s.fail(w, r, http.StatusBadRequest, errors.New(`nothing to change: want "weight" and/or "state"`))
+	farm, backend := r.PathValue("farm"), r.PathValue("backend")
+	if dry {
+		s.plan(w, r, farm, func(cur *config.Farm) (*config.Farm, error) {
+			if cur == nil {
+				return nil, fmt.Errorf("farm %q: %w", farm, daemon.ErrNotFound)
+			}
+			next := cur.Clone()
+			j := slices.IndexFunc(next.Backends, func(x config.Backend) bool { return x.Name == backend })
+			if j < 0 {
+				return nil, fmt.Errorf("backend %q of farm %q: %w", backend, farm, daemon.ErrNotFound)
+			}
+			if ch.Weight != nil {
+				next.Backends[j].Weight = *ch.Weight
+			}
+			if ch.State != nil {
+				next.Backends[j].State = *ch.State
+			}
+			return &next, nil
+		})
 		return
 	}
-	b, err := s.Service.SetBackend(r.Context(), r.PathValue("farm"), r.PathValue("backend"), ch)
+	b, err := s.Service.SetBackend(r.Context(), farm, backend, daemon.BackendChange{Weight: ch.Weight, State: ch.State})
 	if err != nil {
 		s.failService(w, r, err)
 		return

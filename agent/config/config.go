@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +25,8 @@ type Config struct {
 	Options Options `json:"options,omitzero"`
 	// API configures the agent's HTTP API.
 	API API `json:"api,omitzero"`
+	// Limits bound what the configuration and the API may hold.
+	Limits Limits `json:"limits,omitzero"`
 	// Farms are the virtual services.
 	Farms []Farm `json:"farms"`
 
@@ -39,6 +42,34 @@ type Options struct {
 	LocalConnections bool `json:"local_connections,omitempty"`
 	// FlushConntrack is lb.Options.FlushConntrack.
 	FlushConntrack bool `json:"flush_conntrack,omitempty"`
+}
+
+// Default limits.
+const (
+	DefaultMaxFarms    = 100000
+	DefaultMaxBackends = 10000
+)
+
+// Limits bound the number of objects a configuration may hold, so that a
+// hostile or mistaken input costs bounded memory and time. Zero fields
+// take the defaults.
+type Limits struct {
+	// MaxFarms is the most farms; default DefaultMaxFarms.
+	MaxFarms int `json:"max_farms,omitempty"`
+	// MaxBackends is the most backends of one farm; default
+	// DefaultMaxBackends.
+	MaxBackends int `json:"max_backends,omitempty"`
+}
+
+// WithDefaults returns l with zero fields set to their default.
+func (l Limits) WithDefaults() Limits {
+	if l.MaxFarms <= 0 {
+		l.MaxFarms = DefaultMaxFarms
+	}
+	if l.MaxBackends <= 0 {
+		l.MaxBackends = DefaultMaxBackends
+	}
+	return l
 }
 
 // Mask is a conntrack mark mask, written in hexadecimal.
@@ -71,15 +102,11 @@ type API struct {
 	TLSKey  string `json:"tls_key,omitempty"`
 }
 
-// Farm is lb.Farm with health checks.
+// Farm is an lb.Farm with health checks: every field of lb.Farm is
+// carried as it is (see LB), but Backends, which are this package's
+// Backend. The embedded lb.Farm's own Backends field is not used.
 type Farm struct {
-	Name      string         `json:"name"`
-	Address   netip.Addr     `json:"address"`
-	Ports     []lb.PortRange `json:"ports"`
-	Protocol  lb.Protocol    `json:"protocol"`
-	Mode      lb.Mode        `json:"mode"`
-	Scheduler lb.Scheduler   `json:"scheduler"`
-	Source    netip.Addr     `json:"source,omitzero"`
+	lb.Farm
 	// Health is the check of every backend; nil means none.
 	Health   *Health   `json:"health,omitempty"`
 	Backends []Backend `json:"backends"`
@@ -88,13 +115,9 @@ type Farm struct {
 	pos positions // lines relative to the farm: "", "name", "backends[1].weight"...
 }
 
-// Backend is lb.Backend with an optional health override.
+// Backend is an lb.Backend with an optional health override.
 type Backend struct {
-	Name    string          `json:"name"`
-	Address netip.Addr      `json:"address"`
-	Port    uint16          `json:"port,omitempty"`
-	Weight  int             `json:"weight"`
-	State   lb.BackendState `json:"state"`
+	lb.Backend
 	// Health overrides the fields of the farm's Health it sets.
 	Health *Health `json:"health,omitempty"`
 }
@@ -131,9 +154,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
-
-// Source returns the name problems are reported against.
-func (c *Config) Source() string { return c.src }
 
 // SetSource sets the name problems are reported against.
 func (c *Config) SetSource(name string) { c.src = name }
@@ -175,12 +195,13 @@ func (c *Config) State() lb.State {
 	return s
 }
 
-// LB returns the farm as an lb.Farm.
+// LB returns the farm as an lb.Farm: its own fields, and its backends'.
 func (f Farm) LB() lb.Farm {
-	out := lb.Farm{Name: f.Name, Address: f.Address, Ports: append([]lb.PortRange(nil), f.Ports...),
-		Protocol: f.Protocol, Mode: f.Mode, Scheduler: f.Scheduler, Source: f.Source}
-	for _, b := range f.Backends {
-		out.Backends = append(out.Backends, lb.Backend{Name: b.Name, Address: b.Address, Port: b.Port, Weight: b.Weight, State: b.State})
+	out := f.Farm
+	out.Ports = slices.Clone(f.Ports)
+	out.Backends = make([]lb.Backend, len(f.Backends))
+	for i := range f.Backends {
+		out.Backends[i] = f.Backends[i].Backend
 	}
 	return out
 }
@@ -296,19 +317,17 @@ func (c *Config) HealthTargets() []health.Target {
 // Equal reports whether f and g configure the same farm (where in which
 // source they were read does not count).
 func (f *Farm) Equal(g *Farm) bool {
-	if f.Name != g.Name || f.Address != g.Address || f.Protocol != g.Protocol || f.Mode != g.Mode ||
-		f.Scheduler != g.Scheduler || f.Source != g.Source || !slices.Equal(f.Ports, g.Ports) ||
-		!sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) {
+	if !sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) || !slices.Equal(f.Ports, g.Ports) {
 		return false
 	}
 	for i := range f.Backends {
-		a, b := &f.Backends[i], &g.Backends[i]
-		if a.Name != b.Name || a.Address != b.Address || a.Port != b.Port || a.Weight != b.Weight ||
-			a.State != b.State || !sameHealth(a.Health, b.Health) {
+		if f.Backends[i].Backend != g.Backends[i].Backend || !sameHealth(f.Backends[i].Health, g.Backends[i].Health) {
 			return false
 		}
 	}
-	return true
+	a, b := f.Farm, g.Farm
+	a.Ports, b.Ports, a.Backends, b.Backends = nil, nil, nil, nil
+	return reflect.DeepEqual(a, b) // whatever fields lb.Farm gains
 }
 
 func sameHealth(a, b *Health) bool {

@@ -88,9 +88,9 @@ func TestParseJSONKeepsLines(t *testing.T) {
 
 func problemStrings(tb testing.TB, err error) []string {
 	tb.Helper()
-	var ce *Error
+	var ce *lb.ValidationError
 	if !errors.As(err, &ce) {
-		tb.Fatalf("got error %v, want a *config.Error", err)
+		tb.Fatalf("got error %v, want an *lb.ValidationError", err)
 	}
 	if !errors.Is(err, lb.ErrInvalid) {
 		tb.Errorf("error does not match lb.ErrInvalid")
@@ -129,7 +129,7 @@ farms:
 `
 	_, err := ParseAndValidate("bad.yaml", []byte(text))
 	want := []string{
-		`bad.yaml:2: colour: unknown field "colour" (want one of api, farms, options, table)`,
+		`bad.yaml:2: colour: unknown field "colour" (want one of api, farms, limits, options, table)`,
 		`bad.yaml:4: api.listen: a TCP listener requires api.token_file`,
 		`bad.yaml:8: farms[web].ports[1]: port 0 is outside 1-65535`,
 		`bad.yaml:8: farms[web].ports[2]: port "nope" is not a number`,
@@ -200,7 +200,7 @@ func TestHealthOverride(t *testing.T) {
 
 func TestParseFarm(t *testing.T) {
 	f, err := ParseFarm("request body", []byte(`{"name": "web", "address": "198.51.100.250", "ports": ["80"], "bogus": 1,
- "backends": [{"name": "a", "address": "203.0.113.10"}]}`))
+ "backends": [{"name": "a", "address": "203.0.113.10"}]}`), Limits{})
 	want := []string{`request body:1: farms[web].bogus: unknown field "bogus" (want one of address, backends, health, mode, name, ports, protocol, scheduler, source)`}
 	if diff := cmp.Diff(want, problemStrings(t, err)); diff != "" {
 		t.Errorf("problems mismatch (-want +got):\n%s", diff)

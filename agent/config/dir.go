@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/l4nft/l4nft/lb"
 )
 
 // The names in a configuration directory.
@@ -152,14 +154,10 @@ func ParseMain(name string, data []byte) (*Config, error) {
 	if c == nil {
 		return nil, err
 	}
-	var problems []Problem
-	var pe *Error
-	if errors.As(err, &pe) {
-		problems = pe.Problems
-	}
+	problems := Problems(err)
 	if line, ok := c.pos["farms"]; ok {
-		problems = append(problems, Problem{File: name, Line: line, Path: "farms",
-			Message: "in a configuration directory each farm has its own file in " + FarmsDir + "/"})
+		problems = append(problems, ProblemAt(name, line, "farms",
+			"in a configuration directory each farm has its own file in "+FarmsDir+"/"))
 		c.Farms = []Farm{}
 	}
 	return c, newError(problems)
@@ -169,8 +167,12 @@ func ParseMain(name string, data []byte) (*Config, error) {
 // named after the file: its name field may be omitted, and must match the
 // file's name when present.
 func ParseFarmFile(path string, data []byte) (Farm, error) {
+	return parseFarmFile(path, data, Limits{})
+}
+
+func parseFarmFile(path string, data []byte, lim Limits) (Farm, error) {
 	want, _ := FarmName(filepath.Base(path))
-	p := &parser{file: path}
+	p := &parser{file: path, limits: lim.WithDefaults()}
 	root, err := p.document(data)
 	if err != nil {
 		return Farm{}, err
@@ -180,8 +182,8 @@ func ParseFarmFile(path string, data []byte) (Farm, error) {
 	if f.Name == "" {
 		f.Name = want
 	} else if f.Name != want {
-		p.problems = append(p.problems, Problem{File: path, Line: f.pos.lookup("name"), Path: "farms[" + want + "].name",
-			Message: fmt.Sprintf("%q is not the name of the file: a farm file holds the farm it is named after", f.Name)})
+		p.problems = append(p.problems, ProblemAt(path, f.pos.lookup("name"), "farms["+want+"].name",
+			fmt.Sprintf("%q is not the name of the file: a farm file holds the farm it is named after", f.Name)))
 		f.Name = want
 	}
 	return f, newError(p.problems)
@@ -198,7 +200,7 @@ func LoadDir(dir string) (*Config, []File, error) {
 	if err == nil && verr == nil {
 		return c, files, nil
 	}
-	return nil, nil, merge(err, verr)
+	return nil, nil, Merge(err, verr)
 }
 
 // ParseDir parses the configuration directory dir without validating it,
@@ -208,13 +210,12 @@ func ParseDir(dir string) (*Config, []File, error) {
 	mainPath := MainPath(dir)
 	var files []File
 	var c *Config
-	var problems []Problem
+	var problems []lb.Problem
 	add := func(err error) {
-		var ce *Error
-		if errors.As(err, &ce) {
-			problems = append(problems, ce.Problems...)
+		if ps := Problems(err); ps != nil {
+			problems = append(problems, ps...)
 		} else if err != nil {
-			problems = append(problems, Problem{Message: err.Error()})
+			problems = append(problems, ProblemAt("", 0, "", err.Error()))
 		}
 	}
 	mf, data, err := ReadFile(mainPath)
@@ -238,6 +239,11 @@ func ParseDir(dir string) (*Config, []File, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if lim := c.Limits.WithDefaults(); len(list) > lim.MaxFarms {
+		problems = append(problems, ProblemAt(filepath.Join(dir, FarmsDir), 0, "farms",
+			fmt.Sprintf("%d farm files: more than limits.max_farms (%d)", len(list), lim.MaxFarms)))
+		list = list[:lim.MaxFarms]
+	}
 	byName := map[string]string{}
 	for _, lf := range list {
 		file, data, err := ReadFile(lf.Path)
@@ -248,14 +254,14 @@ func ParseDir(dir string) (*Config, []File, error) {
 			return nil, nil, fmt.Errorf("reading configuration: %w", err)
 		}
 		files = append(files, file)
-		f, err := ParseFarmFile(file.Path, data)
+		f, err := parseFarmFile(file.Path, data, c.Limits)
 		add(err)
 		if f.Name == "" {
 			continue
 		}
 		if other, dup := byName[f.Name]; dup {
-			problems = append(problems, Problem{File: file.Path, Path: "farms[" + f.Name + "]",
-				Message: fmt.Sprintf("farm %q is in two files (also %s)", f.Name, other)})
+			problems = append(problems, ProblemAt(file.Path, 0, "farms["+f.Name+"]",
+				fmt.Sprintf("farm %q is in two files (also %s)", f.Name, other)))
 			continue
 		}
 		byName[f.Name] = file.Path

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"os"
 	"regexp"
@@ -45,26 +46,22 @@ func ParseAndValidate(name string, data []byte) (*Config, error) {
 	if perr == nil && verr == nil {
 		return c, nil
 	}
-	return nil, merge(perr, verr)
+	return nil, Merge(perr, verr)
 }
 
-// merge joins the problems of parsing and validating, dropping the
-// validation problems about a field parsing already reported.
-func merge(perr, verr error) error {
-	var problems []Problem
+// Merge joins the problems of parsing and validating, dropping the
+// validation problems about a field parsing already reported, into one
+// *lb.ValidationError (nil when there are none).
+func Merge(perr, verr error) error {
+	var problems []lb.Problem
 	seen := map[string]bool{}
-	var pe, ve *Error
-	if errors.As(perr, &pe) {
-		for _, p := range pe.Problems {
-			problems = append(problems, p)
-			seen[p.Path] = true
-		}
+	for _, p := range Problems(perr) {
+		problems = append(problems, p)
+		seen[p.Path()] = true
 	}
-	if errors.As(verr, &ve) {
-		for _, p := range ve.Problems {
-			if !seen[p.Path] {
-				problems = append(problems, p)
-			}
+	for _, p := range Problems(verr) {
+		if !seen[p.Path()] {
+			problems = append(problems, p)
 		}
 	}
 	return newError(problems)
@@ -75,7 +72,7 @@ func merge(perr, verr error) error {
 // so far with an *Error when a field is unknown or a value does not parse,
 // and a nil Config only when the text is not YAML at all.
 func Parse(name string, data []byte) (*Config, error) {
-	p := &parser{file: name}
+	p := &parser{file: name, limits: Limits{}.WithDefaults()}
 	root, err := p.document(data)
 	if err != nil {
 		return nil, err
@@ -86,23 +83,49 @@ func Parse(name string, data []byte) (*Config, error) {
 }
 
 // ParseFarm parses one farm, as sent to the API, from a source named name
-// (such as "request body"). Like Parse, it returns an *Error listing every
-// problem; Validate the configuration the farm goes into.
-func ParseFarm(name string, data []byte) (Farm, error) {
-	p := &parser{file: name}
+// (such as "request body"), holding at most lim.MaxBackends backends. Like
+// Parse, it returns an *lb.ValidationError listing every problem; see
+// ParseAndValidateFarm.
+func ParseFarm(name string, data []byte, lim Limits) (Farm, error) {
+	f, _, err := parseFarm(name, data, "", lim)
+	return f, err
+}
+
+func parseFarm(source string, data []byte, name string, lim Limits) (f Farm, parsed bool, err error) {
+	p := &parser{file: source, limits: lim.WithDefaults()}
 	root, err := p.document(data)
 	if err != nil {
-		return Farm{}, err
+		return Farm{}, false, err
 	}
-	f := p.farm(root, label(nameOf(root), 0))
-	f.src = name
-	return f, newError(p.problems)
+	f = p.farm(root, label(cmp.Or(nameOf(root), name), 0))
+	f.src = source
+	if f.Name == "" {
+		f.Name = name
+	}
+	return f, true, newError(p.problems)
+}
+
+// ParseAndValidateFarm parses one farm as ParseFarm does, named name when
+// it does not say (name may be empty), and validates it alone with opts as
+// ValidateFarm does: the problems of both are reported at once. It
+// returns the farm only when there are none.
+func ParseAndValidateFarm(source string, data []byte, name string, lim Limits, opts lb.Options) (Farm, error) {
+	f, parsed, perr := parseFarm(source, data, name, lim)
+	if !parsed { // not YAML: nothing to validate
+		return Farm{}, perr
+	}
+	verr := ValidateFarm(&f, opts)
+	if perr == nil && verr == nil {
+		return f, nil
+	}
+	return Farm{}, Merge(perr, verr)
 }
 
 // parser walks a YAML node tree and collects every problem.
 type parser struct {
 	file     string
-	problems []Problem
+	limits   Limits
+	problems []lb.Problem
 }
 
 var lineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -112,7 +135,7 @@ func (p *parser) document(data []byte) (*yaml.Node, error) {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
-		prob := Problem{File: p.file, Message: err.Error()}
+		prob := ProblemAt(p.file, 0, "", err.Error())
 		if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
 			prob.Line, _ = strconv.Atoi(m[1])
 			prob.Message = m[2]
@@ -120,21 +143,24 @@ func (p *parser) document(data []byte) (*yaml.Node, error) {
 		if err.Error() == "EOF" {
 			prob.Message = "the file is empty (write `farms: []` to serve nothing)"
 		}
-		return nil, &Error{Problems: []Problem{prob}}
+		return nil, &lb.ValidationError{Problems: []lb.Problem{prob}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, &Error{Problems: []Problem{{File: p.file, Line: extra.Line, Message: "more than one YAML document"}}}
+		return nil, &lb.ValidationError{Problems: []lb.Problem{ProblemAt(p.file, extra.Line, "", "more than one YAML document")}}
 	}
 	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
-		return nil, &Error{Problems: []Problem{{File: p.file, Line: doc.Line,
-			Message: "the file is empty (write `farms: []` to serve nothing)"}}}
+		return nil, &lb.ValidationError{Problems: []lb.Problem{ProblemAt(p.file, doc.Line, "",
+			"the file is empty (write `farms: []` to serve nothing)")}}
+	}
+	if line, err := checkAliases(doc.Content[0]); err != nil {
+		return nil, &lb.ValidationError{Problems: []lb.Problem{ProblemAt(p.file, line, "", err.Error())}}
 	}
 	return doc.Content[0], nil
 }
 
 func (p *parser) add(n *yaml.Node, path, format string, args ...any) {
-	p.problems = append(p.problems, Problem{File: p.file, Line: n.Line, Path: path, Message: fmt.Sprintf(format, args...)})
+	p.problems = append(p.problems, ProblemAt(p.file, n.Line, path, fmt.Sprintf(format, args...)))
 }
 
 func resolve(n *yaml.Node) *yaml.Node {
@@ -283,6 +309,7 @@ func (p *parser) addr(n *yaml.Node, path string, dst *netip.Addr) {
 }
 
 func (p *parser) config(n *yaml.Node, c *Config) {
+	var farms *yaml.Node
 	p.mapping(n, "", map[string]func(*yaml.Node){
 		"table": func(v *yaml.Node) { p.str(v, "table", &c.Table) },
 		"options": func(v *yaml.Node) {
@@ -301,20 +328,29 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 				"tls_key":    func(v *yaml.Node) { p.str(v, "api.tls_key", &c.API.TLSKey) },
 			}, func(k string, line int) { c.pos["api."+k] = line })
 		},
-		"farms": func(v *yaml.Node) {
-			if v.Kind != yaml.SequenceNode {
-				p.add(v, "farms", "want a list of farms, got %s", describe(v))
-				return
-			}
-			c.Farms = []Farm{}
-			for i, fn := range v.Content {
+		"limits": func(v *yaml.Node) {
+			p.mapping(v, "limits", map[string]func(*yaml.Node){
+				"max_farms":    func(v *yaml.Node) { p.integer(v, "limits.max_farms", 1, 1<<24, &c.Limits.MaxFarms) },
+				"max_backends": func(v *yaml.Node) { p.integer(v, "limits.max_backends", 1, 1<<24, &c.Limits.MaxBackends) },
+			}, func(k string, line int) { c.pos["limits."+k] = line })
+		},
+		"farms": func(v *yaml.Node) { farms = v }, // once the limits are known
+	}, func(k string, line int) { c.pos[k] = line })
+	p.limits = c.Limits.WithDefaults()
+	if v := farms; v != nil {
+		if v.Kind != yaml.SequenceNode {
+			p.add(v, "farms", "want a list of farms, got %s", describe(v))
+		} else {
+			items := p.bounded(v, "farms", "farms", "limits.max_farms", p.limits.MaxFarms)
+			c.Farms = make([]Farm, 0, len(items))
+			for i, fn := range items {
 				fn = resolve(fn)
 				f := p.farm(fn, label(nameOf(fn), i))
 				f.src = p.file
 				c.Farms = append(c.Farms, f)
 			}
-		},
-	}, func(k string, line int) { c.pos[k] = line })
+		}
+	}
 	if c.Farms == nil {
 		c.Farms = []Farm{}
 	}
@@ -383,8 +419,9 @@ func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 				p.add(v, at("backends"), "want a list of backends, got %s", describe(v))
 				return
 			}
-			f.Backends = []Backend{}
-			for j, bn := range v.Content {
+			items := p.bounded(v, at("backends"), "backends", "limits.max_backends", p.limits.MaxBackends)
+			f.Backends = make([]Backend, 0, len(items))
+			for j, bn := range items {
 				bn = resolve(bn)
 				rel := fmt.Sprintf("backends[%d]", j)
 				f.pos[rel] = bn.Line
@@ -399,15 +436,15 @@ func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 }
 
 func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) Backend {
-	b := Backend{Weight: 1}
+	b := Backend{Backend: lb.Backend{Weight: 1}}
 	at := func(field string) string { return path + "." + field }
 	p.mapping(n, path, map[string]func(*yaml.Node){
 		"name":    func(v *yaml.Node) { p.str(v, at("name"), &b.Name) },
 		"address": func(v *yaml.Node) { p.addr(v, at("address"), &b.Address) },
 		"port":    func(v *yaml.Node) { p.port(v, at("port"), &b.Port) },
 		"weight": func(v *yaml.Node) {
-			b.Weight = 0 // a weight that does not parse is not the default
-			p.integer(v, at("weight"), 0, lb.MaxWeight, &b.Weight)
+			b.Weight = 0                                                    // a weight that does not parse is not the default
+			p.integer(v, at("weight"), math.MinInt, math.MaxInt, &b.Weight) // lb.Validate words the range
 		},
 		"state":  func(v *yaml.Node) { p.text(v, at("state"), &b.State) },
 		"health": func(v *yaml.Node) { b.Health = p.health(v, at("health"), pos, rel+"health.") },
@@ -446,4 +483,127 @@ func (p *parser) health(n *yaml.Node, path string, pos positions, rel string) *H
 		},
 	}, func(k string, line int) { pos[rel+k] = line })
 	return h
+}
+
+// bounded returns the items of the list n, at most max of them, and
+// reports a longer list: what is beyond the limit is not even read.
+func (p *parser) bounded(n *yaml.Node, path, what, limit string, max int) []*yaml.Node {
+	if len(n.Content) <= max {
+		return n.Content
+	}
+	p.add(n, path, "%d %s: more than %s (%d)", len(n.Content), what, limit, max)
+	return n.Content[:max]
+}
+
+// MaxAliasNodes bounds what YAML aliases may add to a document: the
+// number of nodes a walk through every alias reaches beyond the nodes
+// written. A small document whose aliases refer to aliases (a "billion
+// laughs") would otherwise cost time and memory exponential in its size.
+const MaxAliasNodes = 10000
+
+// checkAliases refuses a document whose aliases expand to more than
+// MaxAliasNodes nodes, or refer to a node that holds them. It costs two
+// walks of the nodes written, and returns the line of the alias at fault.
+func checkAliases(root *yaml.Node) (int, error) {
+	const limit = 1 << 40 // sizes saturate here: no overflow
+	written := 0
+	var count func(n *yaml.Node)
+	count = func(n *yaml.Node) {
+		written++
+		if n.Kind != yaml.AliasNode {
+			for _, c := range n.Content {
+				count(c)
+			}
+		}
+	}
+	count(root)
+	size := map[*yaml.Node]int{} // expanded size of each node; -1 while it is walked
+	cycle, worst, worstLine := 0, 0, 0
+	var walk func(n *yaml.Node) int
+	walk = func(n *yaml.Node) int {
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			if s, ok := size[n.Alias]; ok && s < 0 {
+				cycle = cmp.Or(cycle, n.Line)
+				return 1
+			}
+			s := walk(n.Alias)
+			if s > worst {
+				worst, worstLine = s, n.Line
+			}
+			return s
+		}
+		if s, ok := size[n]; ok {
+			return max(s, 1)
+		}
+		size[n] = -1
+		total := 1
+		for _, c := range n.Content {
+			total = min(total+walk(c), limit)
+		}
+		size[n] = total
+		return total
+	}
+	total := walk(root)
+	if cycle != 0 {
+		return cycle, errors.New("a YAML alias refers to a node that holds it")
+	}
+	if total-written > MaxAliasNodes {
+		return worstLine, fmt.Errorf("YAML aliases expand the document by more than %d nodes: refused", MaxAliasNodes)
+	}
+	return 0, nil
+}
+
+// BackendChange is a change of one backend, as sent to the API; nil
+// fields stay as they are.
+type BackendChange struct {
+	Weight *int             `json:"weight,omitempty"`
+	State  *lb.BackendState `json:"state,omitempty"`
+}
+
+// ParseBackendChange parses a backend change from a source named name
+// (such as "request body") with the file's rules, strict as they are:
+// unknown fields, duplicate fields and fields written in another case are
+// problems, and a weight out of range is worded as in a file. It returns
+// an *lb.ValidationError listing every problem, the parser's and the
+// validator's together.
+func ParseBackendChange(name string, data []byte) (BackendChange, error) {
+	p := &parser{file: name}
+	root, err := p.document(data)
+	if err != nil {
+		return BackendChange{}, err
+	}
+	var ch BackendChange
+	pos := positions{}
+	p.mapping(root, "", map[string]func(*yaml.Node){
+		"weight": func(v *yaml.Node) {
+			w := 0
+			before := len(p.problems)
+			p.integer(v, "weight", math.MinInt, math.MaxInt, &w)
+			if len(p.problems) == before {
+				ch.Weight = &w
+			}
+		},
+		"state": func(v *yaml.Node) {
+			var s lb.BackendState
+			before := len(p.problems)
+			p.text(v, "state", &s)
+			if len(p.problems) == before {
+				ch.State = &s
+			}
+		},
+	}, func(k string, line int) { pos[k] = line })
+	if ch.Weight != nil {
+		// The library words the range, as it does for a file.
+		probe := lb.State{Farms: []lb.Farm{{Name: "probe", Address: netip.MustParseAddr("192.0.2.1"), Ports: []lb.PortRange{lb.Port(1)},
+			Backends: []lb.Backend{{Name: "probe", Address: netip.MustParseAddr("192.0.2.2"), Weight: *ch.Weight}}}}}
+		for _, vp := range Problems(lb.Validate(probe, lb.Options{})) {
+			if vp.Field == "weight" {
+				p.problems = append(p.problems, ProblemAt(name, pos.lookup("weight"), "weight", vp.Message))
+			}
+		}
+	}
+	if len(p.problems) == 0 && ch.Weight == nil && ch.State == nil {
+		p.problems = append(p.problems, ProblemAt(name, root.Line, "", `nothing to change: want "weight" and/or "state"`))
+	}
+	return ch, newError(p.problems)
 }

@@ -2,75 +2,73 @@ package config
 
 import (
 	"cmp"
-	"fmt"
+	"errors"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/l4nft/l4nft/lb"
 )
 
-// Problem is one thing wrong with a configuration, located in its source.
-type Problem struct {
-	// File is the file name, or "request body" for an API request.
-	File string `json:"file,omitempty"`
-	// Line is 1-based; 0 when unknown.
-	Line int `json:"line,omitempty"`
-	// Path names the field, such as farms[web].backends[app0].weight.
-	Path string `json:"path,omitempty"`
-	// Message says what is wrong.
-	Message string `json:"message"`
+// Problems are reported as lb.Problem, located in their source (File and
+// Line), in an *lb.ValidationError: the one type the library, the files,
+// the API and the CLI share.
+
+// ProblemAt returns the problem message about the field at path (such as
+// farms[web].backends[app0].weight, api.listen or "" for the whole
+// source), found at line of file. The farm and backend a path names are
+// split out, so that the problem reads as one lb reports.
+func ProblemAt(file string, line int, path, message string) lb.Problem {
+	p := lb.Problem{File: file, Line: line, FarmIndex: -1, BackendIndex: -1, Field: path, Message: message}
+	rest, ok := strings.CutPrefix(path, "farms[")
+	if !ok {
+		return p
+	}
+	end := strings.IndexByte(rest, ']')
+	if end < 0 {
+		return p
+	}
+	p.Farm, p.FarmIndex = splitLabel(rest[:end])
+	rest = strings.TrimPrefix(rest[end+1:], ".")
+	if b, ok := strings.CutPrefix(rest, "backends["); ok {
+		if end := strings.IndexByte(b, ']'); end >= 0 {
+			p.Backend, p.BackendIndex = splitLabel(b[:end])
+			rest = strings.TrimPrefix(b[end+1:], ".")
+		}
+	}
+	p.Field = rest
+	return p
 }
 
-// String formats the problem as "file:line: path: message".
-func (p Problem) String() string {
-	var b strings.Builder
-	b.WriteString(p.File)
-	if p.Line > 0 {
-		fmt.Fprintf(&b, ":%d", p.Line)
+// splitLabel turns a path's label back into a name or an index: an
+// object without a name is labelled by its index.
+func splitLabel(l string) (string, int) {
+	if i, err := strconv.Atoi(l); err == nil && i >= 0 && strconv.Itoa(i) == l {
+		return "", i
 	}
-	if b.Len() > 0 {
-		b.WriteString(": ")
-	}
-	if p.Path != "" {
-		b.WriteString(p.Path)
-		b.WriteString(": ")
-	}
-	b.WriteString(p.Message)
-	return b.String()
+	return l, 0
 }
 
-// Error lists every problem found in a configuration. It matches
-// lb.ErrInvalid (errors.Is).
-type Error struct {
-	Problems []Problem
-}
-
-// Error returns the problems on one line, separated by "; ".
-func (e *Error) Error() string {
-	lines := make([]string, len(e.Problems))
-	for i, p := range e.Problems {
-		lines[i] = p.String()
-	}
-	noun := "problems"
-	if len(lines) == 1 {
-		noun = "problem"
-	}
-	return fmt.Sprintf("invalid configuration (%d %s): %s", len(lines), noun, strings.Join(lines, "; "))
-}
-
-// Is makes errors.Is(err, lb.ErrInvalid) true.
-func (e *Error) Is(target error) bool { return target == lb.ErrInvalid }
-
-// newError sorts problems by file and line and returns them as an *Error,
-// or nil when there are none.
-func newError(problems []Problem) error {
+// newError sorts problems by file and line and returns them as an
+// *lb.ValidationError, or nil when there are none.
+func newError(problems []lb.Problem) error {
 	if len(problems) == 0 {
 		return nil
 	}
-	slices.SortStableFunc(problems, func(a, b Problem) int {
+	slices.SortStableFunc(problems, func(a, b lb.Problem) int {
 		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line))
 	})
-	return &Error{Problems: problems}
+	return &lb.ValidationError{Problems: problems}
+}
+
+// Problems returns the problems of err when it is an *lb.ValidationError
+// (as every error of this package that rejects a configuration is), else
+// nil.
+func Problems(err error) []lb.Problem {
+	if ve, ok := asValidation(err); ok {
+		return ve.Problems
+	}
+	return nil
 }
 
 // positions maps a field path relative to an object ("" for the object
@@ -94,4 +92,10 @@ func (p positions) lookup(rel string) int {
 			rel = ""
 		}
 	}
+}
+
+func asValidation(err error) (*lb.ValidationError, bool) {
+	var ve *lb.ValidationError
+	ok := errors.As(err, &ve)
+	return ve, ok
 }

@@ -48,7 +48,7 @@ func LocateFarm(f *Farm, err error) error {
 		return err
 	}
 	c := &Config{Farms: []Farm{*f}, src: f.src}
-	var problems []Problem
+	var problems []lb.Problem
 	for _, p := range ve.Problems {
 		if p.Farm == f.Name {
 			p.FarmIndex = 0
@@ -60,10 +60,10 @@ func LocateFarm(f *Farm, err error) error {
 	return newError(problems)
 }
 
-func (c *Config) topProblems() []Problem {
-	var problems []Problem
+func (c *Config) topProblems() []lb.Problem {
+	var problems []lb.Problem
 	top := func(field, format string, args ...any) {
-		problems = append(problems, Problem{File: c.src, Line: c.pos.lookup(field), Path: field, Message: fmt.Sprintf(format, args...)})
+		problems = append(problems, ProblemAt(c.src, c.pos.lookup(field), field, fmt.Sprintf(format, args...)))
 	}
 	if a := c.API; a.Listen != "" {
 		host, port, err := net.SplitHostPort(a.Listen)
@@ -83,23 +83,23 @@ func (c *Config) topProblems() []Problem {
 
 // lbProblems locates the problems of err, an error of lb.Validate about
 // c's farms.
-func (c *Config) lbProblems(err error) []Problem {
+func (c *Config) lbProblems(err error) []lb.Problem {
 	var ve *lb.ValidationError
 	if errors.As(err, &ve) {
-		problems := make([]Problem, 0, len(ve.Problems))
+		problems := make([]lb.Problem, 0, len(ve.Problems))
 		for _, p := range ve.Problems {
 			problems = append(problems, c.locate(p))
 		}
 		return problems
 	} else if err != nil {
-		return []Problem{{File: c.src, Message: err.Error()}}
+		return []lb.Problem{ProblemAt(c.src, 0, "", err.Error())}
 	}
 	return nil
 }
 
 // healthProblems checks the health checks of c.Farms[fi].
-func (c *Config) healthProblems(fi int) []Problem {
-	var problems []Problem
+func (c *Config) healthProblems(fi int) []lb.Problem {
+	var problems []lb.Problem
 	f := &c.Farms[fi]
 	seen := map[string]bool{}
 	for bi, b := range f.Backends {
@@ -108,15 +108,15 @@ func (c *Config) healthProblems(fi int) []Problem {
 			continue // reported by the parser
 		}
 		for _, pr := range spec.Problems() {
-			field := "health." + pr[0]
-			farmLevel := b.Health == nil || !setsField(b.Health, pr[0])
-			p := lb.Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: pr[1]}
+			field := "health." + pr.Field
+			farmLevel := b.Health == nil || !setsField(b.Health, pr.Field)
+			p := lb.Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: pr.Message}
 			if farmLevel {
 				p.Backend, p.BackendIndex = "", -1
 			}
 			loc := c.locate(p)
-			if !seen[loc.Path] {
-				seen[loc.Path] = true
+			if path := loc.Path(); !seen[path] {
+				seen[path] = true
 				problems = append(problems, loc)
 			}
 		}
@@ -143,12 +143,13 @@ func setsField(h *Health, field string) bool {
 	return false
 }
 
-// locate turns an lb.Problem about c into a Problem with file and line.
-func (c *Config) locate(p lb.Problem) Problem {
-	out := Problem{File: c.src, Path: p.Path(), Message: p.Message}
+// locate gives an lb.Problem about c its file and line.
+func (c *Config) locate(p lb.Problem) lb.Problem {
+	out := p
+	out.File = c.src
 	if p.Field == "mark_mask" { // an option, under options: in the file
 		p.Field = "options.mark_mask"
-		out.Path = p.Field
+		out.Field = p.Field
 	}
 	if p.FarmIndex < 0 || p.FarmIndex >= len(c.Farms) {
 		out.Line = c.pos.lookup(p.Field)

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/l4nft/l4nft/agent/config"
 	"github.com/l4nft/l4nft/agent/health"
 	"github.com/l4nft/l4nft/lb"
 )
@@ -33,20 +32,15 @@ type Status struct {
 	// Reloads counts the configuration reloads, Rejected the rejected ones.
 	Reloads  int `json:"reloads"`
 	Rejected int `json:"rejected"`
-	// Drifted is true while the kernel was found to differ from the
-	// desired state (changed behind the agent's back) and the repair
-	// failed; Repairs counts the differences found and repaired.
-	Drifted bool `json:"drifted,omitempty"`
-	Repairs int  `json:"repairs"`
 	// Farms are the configured farms with their live state.
 	Farms []FarmStatus `json:"farms"`
 }
 
 // ConfigError is a rejected configuration.
 type ConfigError struct {
-	Time     time.Time        `json:"time"`
-	Message  string           `json:"message"`
-	Problems []config.Problem `json:"problems,omitempty"`
+	Time     time.Time    `json:"time"`
+	Message  string       `json:"message"`
+	Problems []lb.Problem `json:"problems,omitempty"`
 }
 
 // ApplyInfo describes one apply.

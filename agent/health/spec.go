@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l4nft/l4nft/lb"
 )
 
 // Type is the kind of check.
@@ -105,12 +107,13 @@ func (s Spec) WithDefaults() Spec {
 	return s
 }
 
-// Problems returns what is wrong with a spec (after WithDefaults), as
-// field name and message pairs; none for a usable spec.
-func (s Spec) Problems() [][2]string {
-	var out [][2]string
+// Problems returns what is wrong with a spec (after WithDefaults), each
+// with the Field of the spec at fault (such as "timeout") and about no farm
+// or backend; none for a usable spec.
+func (s Spec) Problems() []lb.Problem {
+	var out []lb.Problem
 	add := func(field, format string, args ...any) {
-		out = append(out, [2]string{field, fmt.Sprintf(format, args...)})
+		out = append(out, lb.Problem{FarmIndex: -1, BackendIndex: -1, Field: field, Message: fmt.Sprintf(format, args...)})
 	}
 	if s.Type > HTTP {
 		add("type", "unknown health check type %d", s.Type)

@@ -17,10 +17,21 @@ func applyCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	netns := fs.String("netns", "", "act inside the named network namespace (as in `ip netns`)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	dryRun := fs.Bool("dry-run", false, "print what would change (as `l4nft diff`) and change nothing")
 	return func(ctx context.Context, e *env, args []string) error {
 		file, err := oneArg(args, "FILE")
 		if err != nil {
 			return err
+		}
+		if *dryRun {
+			ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			p, _, err := planFile(ctx, file, *netns)
+			if err != nil {
+				return err
+			}
+			printPlan(e.stdout, p)
+			return nil
 		}
 		log, err := newLogger(e.stderr, *logFormat, *logLevel)
 		if err != nil {

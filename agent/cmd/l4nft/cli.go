@@ -43,7 +43,8 @@ func commands() []command {
 	return []command{
 		{"demo", "", "build a sandbox of namespaces and show a farm balancing real traffic (needs root)", demoCmd},
 		{"run", "--config FILE [--netns NAME]", "run the agent: apply the file, keep the kernel matching it, serve the API", runCmd},
-		{"apply", "FILE [--netns NAME]", "make the kernel match FILE once, atomically, and exit", applyCmd},
+		{"apply", "FILE|DIR [--netns NAME] [--dry-run]", "make the kernel match FILE once, atomically, and exit", applyCmd},
+		{"diff", "FILE|DIR [--netns NAME]", "show what apply would change in the kernel; exit 0 if nothing, 1 if something, 2 on error", diffCmd},
 		{"validate", "FILE", "check FILE and list every problem with its line", validateCmd},
 		{"render", "FILE", "print the nftables ruleset FILE gives, without touching the kernel", renderCmd},
 		{"status", "[--json]", "show farms, backends, health and counters of the running agent", statusCmd},
@@ -199,12 +200,15 @@ func indexOf(s []string, v string) int {
 
 // printError prints err; a configuration error one problem per line.
 func printError(w io.Writer, prefix string, err error) {
-	var ce *config.Error
-	if errors.As(err, &ce) {
-		for _, p := range ce.Problems {
+	if ps := config.Problems(err); ps != nil {
+		for _, p := range ps {
 			fmt.Fprintln(w, p.String())
 		}
-		fmt.Fprintf(w, "%s: %d problems found\n", prefix, len(ce.Problems))
+		noun := "problems"
+		if len(ps) == 1 {
+			noun = "problem"
+		}
+		fmt.Fprintf(w, "%s: %d %s found\n", prefix, len(ps), noun)
 		return
 	}
 	fmt.Fprintf(w, "%s: %v\n", prefix, err)

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 
@@ -64,5 +66,32 @@ func (c clientFlags) client(e *env) (*api.Client, error) {
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
 	}
+	if err := safeToSend(addr, token); err != nil {
+		return nil, err
+	}
 	return api.NewClient(addr, token, tc), nil
+}
+
+// safeToSend refuses to send a token where anyone on the path could read
+// it: over plain http to a host that is not a loopback address.
+func safeToSend(addr, token string) error {
+	u, err := url.Parse(addr)
+	if err != nil {
+		return usagef("--addr %q is not a URL: %v", addr, err)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+	default:
+		return usagef("--addr %q: want an http:// or https:// URL, or HOST:PORT", addr)
+	}
+	if token == "" {
+		return nil
+	}
+	host := u.Hostname()
+	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("refusing to send the token over plain http to %s, which is not a loopback address: use https://%s (with --ca-file)", u.Host, u.Host)
 }

@@ -1,0 +1,167 @@
+package api
+
+import (
+	"encoding/json"
+	"slices"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/l4nft/l4nft/agent/config"
+)
+
+// mustFarm starts a server holding webFarm.
+func mustFarm(tb testing.TB) (*httptest.Server, *fakeService) {
+	tb.Helper()
+	srv, svc := mustServer(tb, "")
+	if code, body := do(tb, srv, "POST", "/v1/farms", "", webFarm); code != 201 {
+		tb.Fatalf("failed to create the farm: %d %s", code, body)
+	}
+	return srv, svc
+}
+
+func problemsOf(tb testing.TB, body string) []string {
+	tb.Helper()
+	var eb struct {
+		Problems []struct {
+			File    string `json:"file"`
+			Line    int    `json:"line"`
+			Path    string `json:"path"`
+			Message string `json:"message"`
+		} `json:"problems"`
+	}
+	if err := json.Unmarshal([]byte(body), &eb); err != nil {
+		tb.Fatalf("failed to decode %s: %v", body, err)
+	}
+	var out []string
+	for _, p := range eb.Problems {
+		out = append(out, strings.TrimPrefix(p.Path+": "+p.Message, ": "))
+	}
+	return out
+}
+
+// A backend change is parsed with the file's rules: duplicate keys and
+// keys in another case are problems, not silently taken, and the weight's
+// range is worded as in a file. Nothing is changed.
+func TestPatchBodyIsStrict(t *testing.T) {
+	srv, svc := mustFarm(t)
+	for _, tc := range []struct {
+		name, body string
+		want       []string
+	}{
+		{"duplicate", `{"weight":5,"weight":7}`, []string{"weight: duplicate field (also on line 1)"}},
+		{"case", `{"Weight":8}`, []string{`Weight: unknown field "Weight" (want one of state, weight)`}},
+		{"range", `{"weight":20000}`, []string{"weight: 20000 is outside 1-10000"}},
+		{"zero", `{"weight":0}`, []string{"weight: 0 is not a weight (want 1-10000); to stop new connections set state drain"}},
+		{"all at once", `{"weight":0,"state":"sleeping","colour":1}`, []string{
+			`colour: unknown field "colour" (want one of state, weight)`,
+			`state: unknown state "sleeping" (want up, drain, down)`,
+			"weight: 0 is not a weight (want 1-10000); to stop new connections set state drain",
+		}},
+		{"nothing", `{}`, []string{`nothing to change: want "weight" and/or "state"`}},
+	} {
+		code, body := do(t, srv, "PATCH", "/v1/farms/web/backends/app0", "", tc.body)
+		if code != 400 {
+			t.Errorf("%s: %d %s, want 400", tc.name, code, body)
+			continue
+		}
+		got := problemsOf(t, body)
+		if tc.name == "all at once" {
+			slices.Sort(got)
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s: problems mismatch (-want +got):\n%s", tc.name, diff)
+		}
+	}
+	if f, _ := svc.Farm("web"); f.Backends[0].Weight != 1 || f.Backends[0].State.String() != "up" {
+		t.Errorf("a refused change changed the backend: %+v", f.Backends[0])
+	}
+}
+
+// A farm body with parse and validation problems reports all of them in
+// one answer, with the file's wording.
+func TestFarmBodyReportsEveryProblem(t *testing.T) {
+	srv, _ := mustServer(t, "")
+	body := `{"name": "web", "address": "198.51.100.250", "ports": ["80"], "colour": 1,
+  "backends": [{"name": "app0", "address": "203.0.113.10", "weight": 20000}]}`
+	code, out := do(t, srv, "PUT", "/v1/farms/web", "", body)
+	if code != 400 {
+		t.Fatalf("PUT: %d %s, want 400", code, out)
+	}
+	want := []string{
+		`farms[web].colour: unknown field "colour" (want one of address, backends, health, mode, name, ports, protocol, scheduler, source)`,
+		"farms[web].backends[app0].weight: 20000 is outside 1-10000",
+	}
+	if diff := cmp.Diff(want, problemsOf(t, out)); diff != "" {
+		t.Errorf("problems mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// ?dry_run=true answers with the plan and changes nothing.
+func TestDryRun(t *testing.T) {
+	srv, svc := mustFarm(t)
+	before, _ := svc.Farm("web")
+	for _, tc := range []struct {
+		method, path, body string
+		want               PlanBody
+	}{
+		{"PATCH", "/v1/farms/web/backends/app0?dry_run=true", `{"weight": 3}`, PlanBody{Changed: []string{"web"}}},
+		{"PATCH", "/v1/farms/web/backends/app0?dry_run=1", `{"weight": 1}`, PlanBody{Empty: true, Changed: []string{}}},
+		{"PUT", "/v1/farms/web?dry_run=true", strings.Replace(webFarm, `"weight": 1`, `"weight": 2`, 1), PlanBody{Changed: []string{"web"}}},
+		{"POST", "/v1/farms?dry_run=true", strings.Replace(webFarm, `"name": "web", "address": "198.51.100.250"`, `"name": "db", "address": "198.51.100.251"`, 1), PlanBody{Added: []string{"db"}}},
+		{"DELETE", "/v1/farms/web?dry_run=true", "", PlanBody{Removed: []string{"web"}}},
+	} {
+		code, body := do(t, srv, tc.method, tc.path, "", tc.body)
+		if code != 200 {
+			t.Errorf("%s %s: %d %s, want 200", tc.method, tc.path, code, body)
+			continue
+		}
+		var got PlanBody
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("failed to decode %s: %v", body, err)
+		}
+		if !got.DryRun || got.Empty != tc.want.Empty || !strings.HasPrefix(got.NFT, "# ") {
+			t.Errorf("%s %s: plan %+v", tc.method, tc.path, got)
+		}
+		for _, l := range []struct{ got, want []string }{{got.Added, tc.want.Added}, {got.Changed, tc.want.Changed}, {got.Removed, tc.want.Removed}} {
+			if len(l.want) > 0 && !cmp.Equal(l.got, l.want) {
+				t.Errorf("%s %s: plan %+v, want %+v", tc.method, tc.path, got, tc.want)
+			}
+		}
+	}
+	if after, _ := svc.Farm("web"); !after.Equal(&before) || len(svc.Farms()) != 1 {
+		t.Errorf("a dry run changed the farms: %+v", svc.Farms())
+	}
+	for _, tc := range []struct{ method, path, body string }{
+		{"PATCH", "/v1/farms/web/backends/app0?dry_run=maybe", `{"weight": 3}`},
+		{"PATCH", "/v1/farms/web/backends/app0?dry_run=true", `{"weight": 0}`},
+		{"DELETE", "/v1/farms/nope?dry_run=true", ""},
+	} {
+		if code, body := do(t, srv, tc.method, tc.path, "", tc.body); code < 400 {
+			t.Errorf("%s %s: %d %s, want a refusal", tc.method, tc.path, code, body)
+		}
+	}
+}
+
+// Farms beyond Limits.MaxFarms are refused; replacing one is not.
+func TestMaxFarms(t *testing.T) {
+	svc := &fakeService{}
+	srv := httptest.NewServer(NewHandler(Options{Service: svc, Limits: config.Limits{MaxFarms: 1, MaxBackends: 1}}))
+	t.Cleanup(srv.Close)
+	if code, body := do(t, srv, "POST", "/v1/farms", "", webFarm); code != 201 {
+		t.Fatalf("first farm: %d %s", code, body)
+	}
+	other := strings.Replace(webFarm, `"name": "web", "address": "198.51.100.250"`, `"name": "db", "address": "198.51.100.251"`, 1)
+	if code, body := do(t, srv, "PUT", "/v1/farms/db", "", other); code != 409 || !strings.Contains(body, "limits.max_farms") {
+		t.Errorf("second farm: %d %s, want 409 naming limits.max_farms", code, body)
+	}
+	if code, body := do(t, srv, "PUT", "/v1/farms/web", "", webFarm); code != 200 {
+		t.Errorf("replacing the farm: %d %s, want 200", code, body)
+	}
+	two := strings.Replace(webFarm, `]}`, `, {"name": "app1", "address": "203.0.113.11"}]}`, 1)
+	if code, body := do(t, srv, "PUT", "/v1/farms/web", "", two); code != 400 || !strings.Contains(body, "limits.max_backends") {
+		t.Errorf("two backends: %d %s, want 400 naming limits.max_backends", code, body)
+	}
+}
