@@ -22,7 +22,7 @@ import (
 // changed files hold; a single file is re-parsed whole when it changes.
 
 // Reload reloads the configuration now: the files changed since they were
-// last loaded or written. It returns the *config.Error of an invalid
+// last loaded or written. It returns the *lb.ValidationError of an invalid
 // configuration, which leaves everything as it was.
 func (d *Daemon) Reload(ctx context.Context) error {
 	d.mu.Lock()
@@ -237,13 +237,12 @@ func (d *Daemon) loadFileLocked(ctx context.Context, r readFile) error {
 // directory.
 func (d *Daemon) loadDirLocked(ctx context.Context, reads []readFile, removed []string) error {
 	main := config.MainPath(d.opts.ConfigPath)
-	var problems []config.Problem
+	var problems []lb.Problem
 	add := func(err error) {
-		var ce *config.Error
-		if errors.As(err, &ce) {
-			problems = append(problems, ce.Problems...)
+		if ps := config.Problems(err); ps != nil {
+			problems = append(problems, ps...)
 		} else if err != nil {
-			problems = append(problems, config.Problem{Message: err.Error()})
+			problems = append(problems, config.ProblemAt("", 0, "", err.Error()))
 		}
 	}
 	top := d.top
@@ -287,7 +286,7 @@ func (d *Daemon) loadDirLocked(ctx context.Context, reads []readFile, removed []
 		byName[f.Name] = &change{name: f.Name, prev: d.index[f.Name], next: &f, path: r.file.Path}
 	}
 	if len(problems) > 0 {
-		err := &config.Error{Problems: problems}
+		err := &lb.ValidationError{Problems: problems}
 		d.rejectLocked(err, problems)
 		return err
 	}
@@ -406,7 +405,7 @@ const maxIncremental = 64
 // changes that only work together (a port moved from one farm to
 // another), the whole state at once. On failure the kernel is left as it
 // was, as far as it lets itself be. Validation errors come back as a
-// *config.Error located in the farms' sources.
+// *lb.ValidationError located in the farms' sources.
 func (d *Daemon) applyLocked(ctx context.Context, reason string, changes []change, next func() []*config.Farm) error {
 	for _, c := range changes {
 		if c.next != nil {
@@ -494,23 +493,24 @@ func (d *Daemon) applyOneLocked(ctx context.Context, reason, name string, f *con
 }
 
 // locate turns the lb.ValidationError of a whole apply into a
-// *config.Error, each problem located in its farm's source.
+// *lb.ValidationError, each problem located in its farm's source.
 func locate(err error, farm func(string) *config.Farm) error {
 	var ve *lb.ValidationError
 	if !errors.As(err, &ve) {
 		return err
 	}
-	var problems []config.Problem
+	var problems []lb.Problem
 	for _, p := range ve.Problems {
 		one := &lb.ValidationError{Problems: []lb.Problem{p}}
-		var ce *config.Error
-		if f := farm(p.Farm); f != nil && errors.As(config.LocateFarm(f, one), &ce) {
-			problems = append(problems, ce.Problems...)
-			continue
+		if f := farm(p.Farm); f != nil {
+			if ps := config.Problems(config.LocateFarm(f, one)); ps != nil {
+				problems = append(problems, ps...)
+				continue
+			}
 		}
-		problems = append(problems, config.Problem{Path: p.Path(), Message: p.Message})
+		problems = append(problems, p)
 	}
-	return &config.Error{Problems: problems}
+	return &lb.ValidationError{Problems: problems}
 }
 
 func (d *Daemon) setInfo(f func(*info)) {
@@ -521,15 +521,10 @@ func (d *Daemon) setInfo(f func(*info)) {
 
 // rejectErrLocked rejects the configuration err is about.
 func (d *Daemon) rejectErrLocked(err error) {
-	var ce *config.Error
-	if errors.As(err, &ce) {
-		d.rejectLocked(err, ce.Problems)
-	} else {
-		d.rejectLocked(err, nil)
-	}
+	d.rejectLocked(err, config.Problems(err))
 }
 
-func (d *Daemon) rejectLocked(err error, problems []config.Problem) {
+func (d *Daemon) rejectLocked(err error, problems []lb.Problem) {
 	d.obs.ObserveReload(err)
 	ce := &ConfigError{Time: time.Now(), Message: err.Error(), Problems: problems}
 	d.setInfo(func(in *info) {

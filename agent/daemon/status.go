@@ -32,6 +32,11 @@ type Status struct {
 	// Reloads counts the configuration reloads, Rejected the rejected ones.
 	Reloads  int `json:"reloads"`
 	Rejected int `json:"rejected"`
+	// Drifted is true while the kernel was found to differ from the
+	// desired state (changed behind the agent's back) and the repair
+	// failed; Repairs counts the differences found and repaired.
+	Drifted bool `json:"drifted,omitempty"`
+	Repairs int  `json:"repairs"`
 	// Farms are the configured farms with their live state.
 	Farms []FarmStatus `json:"farms"`
 }
