@@ -188,16 +188,11 @@ func writeAgentSection(path, section string) error {
 	return nil
 }
 
-// keptAgentSection returns the agent section of the report at path, if
-// any, so that a run of the library suite does not lose it.
-func keptAgentSection(path string) string {
-	doc, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	start, end := sectionBounds(string(doc), headAgent)
+// keptSection returns the section with head of the report doc, if any.
+func keptSection(doc, head string) string {
+	start, end := sectionBounds(doc, head)
 	if start < 0 {
 		return ""
 	}
-	return string(doc[start:end])
+	return doc[start:end]
 }

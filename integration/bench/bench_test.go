@@ -78,6 +78,16 @@ func TestSmoke(t *testing.T) {
 		if r.System == varL4nft && r.ReapplyChanged {
 			t.Errorf("l4nft at %d farms: re-applying an unchanged state sent something", r.Farms)
 		}
+		if r.System == varL4nft {
+			for _, op := range []string{opSFWeight, opSFState, opSFAdd, opSFRemove, opRemoveFarm, opSetFarmNew, opFarmReplace, opOpen, opOpenState, opStatus} {
+				if len(r.Times[op]) == 0 {
+					t.Errorf("l4nft at %d farms: %s not timed", r.Farms, op)
+				}
+			}
+			if r.StatusFarms != r.Farms {
+				t.Errorf("l4nft at %d farms: Status reported %d farms", r.Farms, r.StatusFarms)
+			}
+		}
 	}
 	if len(res.Distribution) != 2*len(distWeightings) {
 		t.Errorf("%d distribution runs, want %d", len(res.Distribution), 2*len(distWeightings))
@@ -93,7 +103,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("failed to read report: %v", err)
 	}
 	report := string(md)
-	for _, h := range []string{headSmokeTag, headTargets, headConn, headKeep, headControl, headDist, headLimits, headMethod} {
+	for _, h := range []string{headSmokeTag, headTargets, headConn, headKeep, headControl, headLibChanges, headDist, headLimits, headMethod} {
 		if !strings.Contains(report, h) {
 			t.Errorf("report lacks %q", h)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -36,6 +37,28 @@ const (
 
 var cpOps = []string{opInstall, opWeight, opState, opAdd, opRemove, opReapply}
 
+// The same single changes through Balancer.SetFarm (one farm, validated
+// and compared alone), a whole farm removed and set again, and the reads:
+// lb.Open of the installed table (full read-back), lb.Open trusting
+// Options.StateFile after a Close, and Balancer.Status.
+const (
+	opSFWeight     = "SetFarm weight"
+	opSFState      = "SetFarm state"
+	opSFAdd        = "SetFarm add"
+	opSFRemove     = "SetFarm remove"
+	opRemoveFarm   = "RemoveFarm"
+	opSetFarmNew   = "SetFarm new farm"
+	opFarmReplace  = "RemoveFarm + SetFarm"
+	opOpen         = "Open"
+	opOpenState    = "Open with StateFile"
+	opStatus       = "Status"
+	libChangeLimit = time.Millisecond
+)
+
+// sfOps pairs each single change through Apply with the same through
+// SetFarm, in report order.
+var sfOps = [][2]string{{opWeight, opSFWeight}, {opState, opSFState}, {opAdd, opSFAdd}, {opRemove, opSFRemove}}
+
 // cpRow is one system at one size.
 type cpRow struct {
 	// System is "l4nft" or the iptables-restore program.
@@ -55,6 +78,11 @@ type cpRow struct {
 	PeakRSS, Alloc uint64
 	// Present describes what was read back from the kernel after an install.
 	Present string
+	// StateFileTrusted counts the timed Opens with Options.StateFile for
+	// which the ruleset generation had not moved since the Close that
+	// wrote the file (so the read-back could be skipped); StatusFarms is
+	// the farm count the last Status reported.
+	StateFileTrusted, StatusFarms int
 	// Err is set when the system could not do the job.
 	Err string
 }
@@ -206,15 +234,213 @@ func l4nftControlPlane(ctx context.Context, cfg config, c cpCase, logf func(stri
 				return nil, err
 			}
 		}
+		if cur, err = setFarmChanges(ctx, cfg, b, row, cur); err != nil {
+			b.Close()
+			return nil, err
+		}
+		if b, err = measureOpen(ctx, ns, opts, b, row, cur); err != nil {
+			return nil, err
+		}
+		start = time.Now()
+		st, err := b.Status(ctx)
+		d = time.Since(start)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("l4nft: Status at %d farms: %w", c.farms, err)
+		}
+		row.add(opStatus, d)
+		row.StatusFarms = len(st.Farms)
+		if len(st.Farms) != c.farms {
+			b.Close()
+			return nil, fmt.Errorf("l4nft: Status at %d farms reported %d farms", c.farms, len(st.Farms))
+		}
 		if err := b.Remove(ctx); err != nil {
 			b.Close()
 			return nil, err
 		}
 		b.Close()
 	}
-	logf("control plane: l4nft %d farms x %d: install %v, weight %v, reapply changed=%t",
-		c.farms, c.perFarm, median(row.Times[opInstall]), median(row.Times[opWeight]), row.ReapplyChanged)
+	logf("control plane: l4nft %d farms x %d: install %v, weight %v (SetFarm %v), reapply changed=%t, Open %v (state file %v), Status %v",
+		c.farms, c.perFarm, median(row.Times[opInstall]), median(row.Times[opWeight]), median(row.Times[opSFWeight]), row.ReapplyChanged,
+		median(row.Times[opOpen]), median(row.Times[opOpenState]), median(row.Times[opStatus]))
 	return row, nil
+}
+
+// setFarmChanges makes the single changes of the Apply loop again through
+// SetFarm, on the installed state cur (whose last farm they change), then
+// removes the last farm and sets it again; it returns what is installed.
+func setFarmChanges(ctx context.Context, cfg config, b *lb.Balancer, row *cpRow, cur lb.State) (lb.State, error) {
+	cur = cloneLBState(cur)
+	last := len(cur.Farms) - 1
+	set := func(op string, f lb.Farm) (time.Duration, error) {
+		start := time.Now()
+		res, err := b.SetFarm(ctx, f)
+		d := time.Since(start)
+		if err != nil {
+			return 0, fmt.Errorf("l4nft: %s at %d farms: %w", op, len(cur.Farms), err)
+		}
+		if !res.Changed {
+			return 0, fmt.Errorf("l4nft: %s at %d farms sent nothing", op, len(cur.Farms))
+		}
+		row.add(op, d)
+		row.Messages[op] = res.Messages
+		cur.Farms[last] = f
+		return d, nil
+	}
+	farmCopy := func() lb.Farm {
+		f := cur.Farms[last]
+		f.Backends = slices.Clone(f.Backends)
+		return f
+	}
+	for i := range cfg.Changes {
+		f := farmCopy()
+		f.Backends[0].Weight = 1 + i%2
+		if f.Backends[0].Weight == cur.Farms[last].Backends[0].Weight {
+			f.Backends[0].Weight = 3 - f.Backends[0].Weight
+		}
+		if _, err := set(opSFWeight, f); err != nil {
+			return cur, err
+		}
+		for _, st := range []lb.BackendState{lb.Drain, lb.Up} {
+			f = farmCopy()
+			f.Backends[0].State = st
+			if _, err := set(opSFState, f); err != nil {
+				return cur, err
+			}
+		}
+		f = farmCopy()
+		f.Backends = append(f.Backends, lb.Backend{
+			Name: "extra", Address: netip.MustParseAddr("203.0.113.250"), Port: backendPort, Weight: 1})
+		if _, err := set(opSFAdd, f); err != nil {
+			return cur, err
+		}
+		f = farmCopy()
+		f.Backends = f.Backends[:len(f.Backends)-1]
+		if _, err := set(opSFRemove, f); err != nil {
+			return cur, err
+		}
+		// The whole farm: removed, then set again as a new farm.
+		f = farmCopy()
+		start := time.Now()
+		res, err := b.RemoveFarm(ctx, f.Name)
+		d := time.Since(start)
+		if err != nil {
+			return cur, fmt.Errorf("l4nft: RemoveFarm at %d farms: %w", len(cur.Farms), err)
+		}
+		row.add(opRemoveFarm, d)
+		row.Messages[opRemoveFarm] = res.Messages
+		d2, err := set(opSetFarmNew, f)
+		if err != nil {
+			return cur, err
+		}
+		row.add(opFarmReplace, d+d2)
+	}
+	return cur, nil
+}
+
+// measureOpen closes b and times lb.Open of the installed table twice:
+// without a state file (the table is read back) and with
+// Options.StateFile written by a previous Close, nothing having changed
+// since. It checks that both saw the state cur, and returns the open
+// Balancer (with the state file option; the caller closes it).
+func measureOpen(ctx context.Context, ns *testbed.Namespace, opts lb.Options, b *lb.Balancer, row *cpRow, cur lb.State) (*lb.Balancer, error) {
+	if err := b.Close(); err != nil {
+		return nil, err
+	}
+	check := func(what string, b *lb.Balancer) error {
+		if err := sameBackends(b.State(), cur); err != nil {
+			b.Close()
+			return fmt.Errorf("l4nft: %s at %d farms: %w", what, len(cur.Farms), err)
+		}
+		return nil
+	}
+	start := time.Now()
+	b, err := lb.Open(ctx, opts)
+	d := time.Since(start)
+	if err != nil {
+		return nil, err
+	}
+	row.add(opOpen, d)
+	if err := check("Open", b); err != nil {
+		return nil, err
+	}
+	if err := b.Close(); err != nil {
+		return nil, err
+	}
+
+	dir, err := os.MkdirTemp("", "l4nft-bench-state-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	opts.StateFile = filepath.Join(dir, "state.json")
+	if b, err = lb.Open(ctx, opts); err != nil { // reads back: no file yet
+		return nil, err
+	}
+	if err := b.Close(); err != nil { // writes the file
+		return nil, err
+	}
+	gen := func() (uint32, error) {
+		conn, err := nft.Open(nft.NetNSFd(ns.Fd()))
+		if err != nil {
+			return 0, err
+		}
+		defer conn.Close()
+		return conn.Generation()
+	}
+	g0, err := gen()
+	if err != nil {
+		return nil, err
+	}
+	start = time.Now()
+	b, err = lb.Open(ctx, opts)
+	d = time.Since(start)
+	if err != nil {
+		return nil, err
+	}
+	row.add(opOpenState, d)
+	if err := check("Open with StateFile", b); err != nil {
+		return nil, err
+	}
+	if g1, err := gen(); err == nil && g1 == g0 {
+		row.StateFileTrusted++
+	}
+	// The file is of no further use; without it Close writes nothing.
+	b2, err := lb.Open(ctx, lb.Options{NetNS: opts.NetNS, MarkMask: opts.MarkMask})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.Close()
+	return b2, nil
+}
+
+// sameBackends checks that got has the farms of want, with the same
+// backends, weights and states.
+func sameBackends(got, want lb.State) error {
+	if len(got.Farms) != len(want.Farms) {
+		return fmt.Errorf("%d farms read, want %d", len(got.Farms), len(want.Farms))
+	}
+	have := make(map[string]*lb.Farm, len(got.Farms))
+	for i := range got.Farms {
+		have[got.Farms[i].Name] = &got.Farms[i]
+	}
+	for _, w := range want.Farms {
+		g := have[w.Name]
+		if g == nil {
+			return fmt.Errorf("farm %s missing", w.Name)
+		}
+		if len(g.Backends) != len(w.Backends) {
+			return fmt.Errorf("farm %s: %d backends, want %d", w.Name, len(g.Backends), len(w.Backends))
+		}
+		for _, wb := range w.Backends {
+			i := slices.IndexFunc(g.Backends, func(b lb.Backend) bool { return b.Name == wb.Name })
+			if i < 0 || g.Backends[i].Weight != wb.Weight || g.Backends[i].State != wb.State {
+				return fmt.Errorf("farm %s: backend %s differs or is missing", w.Name, wb.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // countInstalled reads the l4nft table back and counts its elements and

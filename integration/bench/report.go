@@ -61,9 +61,11 @@ func describeMachine() machine {
 // writeReport writes the markdown report and the plot.
 func writeReport(cfg config, res *results) error {
 	md := renderMarkdown(cfg, res)
-	// The agent suite's section is written by its own runs; keep it.
-	if kept := keptAgentSection(cfg.Out); kept != "" {
-		md = spliceSection(md, headAgent, kept)
+	// Sections this run did not measure are kept from the report it
+	// replaces, and so is the agent suite's section, which its own runs
+	// write.
+	if prev, err := os.ReadFile(cfg.Out); err == nil {
+		md = keepUnmeasured(md, string(prev), res)
 	}
 	if err := os.WriteFile(cfg.Out, []byte(md), 0o644); err != nil {
 		return fmt.Errorf("writing report: %w", err)
@@ -74,6 +76,101 @@ func writeReport(cfg config, res *results) error {
 		}
 	}
 	return nil
+}
+
+// reportSections are the measured sections in report order, each with the
+// prefixes of its rows in the Targets table.
+var reportSections = []struct {
+	heads   []string
+	targets []string
+	ran     func(*results) bool
+}{
+	{[]string{headConn, headKeep}, []string{"| l4nft >= 0.97 x floor", "| (reference) l4nft's CPU/op", "| (reference) seed design"},
+		func(r *results) bool { return r.DataPlane != nil }},
+	{[]string{headControl}, []string{"| Install ", "| 100000 backends", "| Library: ", "| One backend change", "| Re-applying"},
+		func(r *results) bool { return r.ControlPlane != nil }},
+	{[]string{headDist}, nil, func(r *results) bool { return r.Distribution != nil }},
+}
+
+// keepUnmeasured puts into md, a report of a run that measured only some
+// sections, the other sections of prev (the report it replaces), in their
+// places, with their rows of the Targets table marked as kept, and says
+// in the header which run they come from.
+func keepUnmeasured(md, prev string, res *results) string {
+	var kept, rows []string
+	for _, sec := range reportSections {
+		if sec.ran(res) {
+			continue
+		}
+		for _, head := range sec.heads {
+			start, end := sectionBounds(prev, head)
+			if start < 0 || strings.Contains(md, "\n"+head+"\n") {
+				continue
+			}
+			md = insertSection(md, prev[start:end])
+			kept = append(kept, strings.TrimPrefix(head, "## "))
+		}
+		if start, end := sectionBounds(prev, headTargets); start >= 0 {
+			for line := range strings.SplitSeq(prev[start:end], "\n") {
+				for _, prefix := range sec.targets {
+					if strings.HasPrefix(line, prefix) && !strings.Contains(line, "(earlier run)") {
+						cells := strings.SplitN(line, " | ", 2)
+						line = cells[0] + " (earlier run) | " + cells[1]
+					}
+					if strings.HasPrefix(line, prefix) {
+						rows = append(rows, line)
+						break
+					}
+				}
+			}
+		}
+	}
+	if len(rows) > 0 {
+		if i := strings.Index(md, "\n|---|---|---|\n"); i >= 0 {
+			i += len("\n|---|---|---|\n")
+			md = md[:i] + strings.Join(rows, "\n") + "\n" + md[i:]
+		}
+	}
+	if len(kept) > 0 {
+		var from []string
+		head, _, _ := strings.Cut(prev, "\n## ")
+		for line := range strings.SplitSeq(head, "\n") {
+			for _, k := range []string{"- Date: ", "- Code: ", "- Command "} {
+				if strings.HasPrefix(line, k) {
+					from = append(from, strings.TrimPrefix(line, "- "))
+				}
+			}
+			if strings.HasPrefix(line, "![") && strings.Contains(strings.Join(kept, " "), "Data plane") && !strings.Contains(md, line) {
+				md = strings.Replace(md, "\n"+headTargets+"\n", "\n"+line+"\n\n"+headTargets+"\n", 1)
+			}
+		}
+		note := fmt.Sprintf("- Not measured by this run, kept from the report it replaced (marked \"earlier run\" in Targets): %s. That report's run: %s\n",
+			strings.Join(kept, "; "), strings.Join(from, "; "))
+		if i := strings.Index(md, "\n- Settings: "); i >= 0 {
+			if j := strings.Index(md[i+1:], "\n"); j >= 0 {
+				at := i + 1 + j + 1
+				md = md[:at] + note + md[at:]
+			}
+		}
+	}
+	if agent := keptSection(prev, headAgent); agent != "" {
+		md = spliceSection(md, headAgent, agent)
+	}
+	return md
+}
+
+// insertSection puts section into md before the first section that
+// follows it in report order (or before Limits).
+func insertSection(md, section string) string {
+	order := []string{headTargets, headConn, headKeep, headControl, headDist, headAgent, headLimits}
+	head, _, _ := strings.Cut(section, "\n")
+	i := slices.Index(order, head)
+	for _, next := range order[i+1:] {
+		if start, _ := sectionBounds(md, next); start >= 0 {
+			return md[:start] + section + md[start:]
+		}
+	}
+	return strings.TrimRight(md, "\n") + "\n\n" + section
 }
 
 // Section headings; the smoke test checks that each is present.
@@ -87,6 +184,9 @@ const (
 	headMethod   = "## Method"
 	headSmokeTag = "SMOKE RUN"
 )
+
+// headLibChanges is a subsection of the control plane.
+const headLibChanges = "### l4nft library: one change through Apply and through SetFarm; Open and Status"
 
 func renderMarkdown(cfg config, res *results) string {
 	var b strings.Builder
@@ -202,6 +302,19 @@ func renderTargets(b *strings.Builder, cfg config, res *results) {
 			}
 			changed = changed || r.ReapplyChanged
 		}
+		for _, r := range cp {
+			if r.System != varL4nft || r.Farms != 10000 || r.Backends != 20000 || len(r.Times[opSFWeight]) == 0 {
+				continue
+			}
+			worst, where := time.Duration(0), ""
+			for _, pair := range sfOps {
+				if d := median(r.Times[pair[1]]); d > worst {
+					worst, where = d, pair[1]
+				}
+			}
+			p("| %s | worst median %s (%s) | %s |\n", strings.ToUpper(libChangeTarget[:1])+libChangeTarget[1:], fmtDur(worst), where,
+				verdict(worst <= libChangeLimit, fmt.Sprintf("by %s (%.1fx)", fmtDur(worst-libChangeLimit), worst.Seconds()/libChangeLimit.Seconds())))
+		}
 		p("| One backend change <= 2 ms median at any size | worst median %s (%s) | %s |\n", fmtDur(worst), where,
 			verdict(worst <= 2*time.Millisecond, fmt.Sprintf("by %s (%.1fx)", fmtDur(worst-2*time.Millisecond), worst.Seconds()/0.002)))
 		p("| Re-applying an unchanged state sends nothing | Changed=%t, Messages=%s at every size | %s |\n",
@@ -287,11 +400,63 @@ func renderControlPlane(b *strings.Builder, rows []*cpRow, ref *kernelRef) {
 			inst, cell(opWeight), cell(opState), cell(opAdd), cell(opRemove), cell(opReapply), msgs, mem, alloc, present)
 	}
 	p("\n")
+	renderLibChanges(b, rows)
 	if ref != nil {
 		p("Kernel reference (what any nftables client pays, measured with package nft in an empty namespace): one transaction adding one element to a plain set takes %s (median of %d); one deleting it takes %s. A transaction that deletes set elements waits for the kernel to release them, however few.\n\n",
 			fmtDur(median(ref.Add)), len(ref.Add), fmtDur(median(ref.Delete)))
 	}
 }
+
+// renderLibChanges renders the l4nft library's single changes through
+// Apply beside the same through SetFarm, and its reads (Open, Status).
+func renderLibChanges(b *strings.Builder, rows []*cpRow) {
+	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
+	var lib []*cpRow
+	for _, r := range rows {
+		if r.System == varL4nft && len(r.Times[opSFWeight]) > 0 {
+			lib = append(lib, r)
+		}
+	}
+	if len(lib) == 0 {
+		return
+	}
+	p("%s\n\nThe same single changes to the last farm, on the installed state, through `Balancer.Apply` with the whole State (above) and through `Balancer.SetFarm` with the changed farm alone: total wall time of the call (validation, comparison, marshalling and the kernel transactions), median over every change of every repetition. Whole farm: `RemoveFarm` of the last farm, then `SetFarm` of it as a new farm. Messages: netlink messages sent (Apply / SetFarm). Target: %s.\n\n", headLibChanges, libChangeTarget)
+	p("| Farms x backends | Change | Apply | SetFarm | messages | n (SetFarm) | target | verdict |\n|---|---|---:|---:|---|---:|---:|---|\n")
+	names := map[string]string{opWeight: "backend weight", opState: "backend state (drain/up)", opAdd: "add a backend", opRemove: "remove a backend"}
+	for _, r := range lib {
+		judged := r.Farms == 10000 && r.Backends == 20000
+		for _, pair := range sfOps {
+			sf := median(r.Times[pair[1]])
+			target, v := "-", "(reference)"
+			if judged {
+				target = "<= " + fmtDur(libChangeLimit)
+				v = verdict(sf <= libChangeLimit, fmt.Sprintf("by %s (%.1fx)", fmtDur(sf-libChangeLimit), sf.Seconds()/libChangeLimit.Seconds()))
+			}
+			p("| %s x %d | %s | %s | %s | %d / %d | %d | %s | %s |\n", fmtCount(r.Farms), r.Backends/max(1, r.Farms), names[pair[0]],
+				fmtDur(median(r.Times[pair[0]])), fmtDur(sf), r.Messages[pair[0]], r.Messages[pair[1]], len(r.Times[pair[1]]), target, v)
+		}
+		for _, op := range []string{opRemoveFarm, opSetFarmNew, opFarmReplace} {
+			what := map[string]string{opRemoveFarm: "whole farm: `RemoveFarm`", opSetFarmNew: "whole farm: `SetFarm` of it again", opFarmReplace: "whole farm: both"}[op]
+			msgs := "-"
+			if m, ok := r.Messages[op]; ok {
+				msgs = fmt.Sprintf("- / %d", m)
+			}
+			p("| %s x %d | %s | - | %s | %s | %d | - | (reference) |\n", fmtCount(r.Farms), r.Backends/max(1, r.Farms), what,
+				fmtDur(median(r.Times[op])), msgs, len(r.Times[op]))
+		}
+	}
+	p("\nReads: `lb.Open` of the installed table without a state file (the whole table is read back and adopted); `lb.Open` with `Options.StateFile` written by a `Close` just before, nothing having changed in the namespace since (\"generation unchanged\" counts the timed opens for which the nf_tables generation had not moved, so the read-back could be skipped); `Balancer.Status` (every counter dumped). Each Open's State is checked against what was applied.\n\n")
+	p("| Farms x backends | Open (read-back) | Open with StateFile | generation unchanged | Status | farms in Status |\n|---|---:|---:|---:|---:|---:|\n")
+	for _, r := range lib {
+		p("| %s x %d | %s | %s | %d/%d | %s | %s |\n", fmtCount(r.Farms), r.Backends/max(1, r.Farms), fmtDur(median(r.Times[opOpen])),
+			fmtDur(median(r.Times[opOpenState])), r.StateFileTrusted, len(r.Times[opOpenState]), fmtDur(median(r.Times[opStatus])), fmtCount(r.StatusFarms))
+	}
+	p("\n")
+}
+
+// libChangeTarget is the target of renderLibChanges, as the Targets table
+// names it.
+const libChangeTarget = "library: one backend change, total <= 1 ms at 10,000 farms x 2 (SetFarm)"
 
 func renderDistribution(b *strings.Builder, rows []distRow) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }

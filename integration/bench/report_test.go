@@ -69,3 +69,34 @@ func TestPlotIsWellFormedSVG(t *testing.T) {
 		}
 	}
 }
+
+// TestPartialRunKeepsOtherSections: a run of the control plane alone
+// replaces that section and keeps the data plane, distribution and agent
+// sections (and their Targets rows, marked) of the report it replaces.
+func TestPartialRunKeepsOtherSections(t *testing.T) {
+	cfg, full := fakeResults()
+	prev := renderMarkdown(cfg, full)
+	prev = spliceSection(prev, headAgent, headAgent+" (x)\n\nagent table\n\n")
+	_, res := fakeResults()
+	res.DataPlane, res.Distribution = nil, nil
+	res.ControlPlane[0].Times[opSFWeight] = []time.Duration{500 * time.Microsecond}
+	md := keepUnmeasured(renderMarkdown(cfg, res), prev, res)
+	order := []string{headTargets, headConn, headKeep, headControl, headLibChanges, headDist, headAgent, headLimits, headMethod}
+	at := -1
+	for _, h := range order {
+		i := strings.Index(md, "\n"+h)
+		if i <= at || strings.Count(md, "\n"+h) != 1 {
+			t.Errorf("%q at %d (after %d), %d times", h, i, at, strings.Count(md, "\n"+h))
+		}
+		at = i
+	}
+	for _, want := range []string{"| l4nft >= 0.97 x floor, new connections, every S (by ops/s) (earlier run) |", "- Not measured by this run, kept from the report it replaced",
+		"| Library: one backend change, total <= 1 ms at 10,000 farms x 2 (SetFarm) | worst median 500 µs", "![ops/s ratio"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", md)
+	}
+}
