@@ -66,12 +66,22 @@ const (
 	agentRSSGrowth = 0.10
 )
 
+// Configuration layouts (-agent-layout): one file holding everything, or
+// a directory holding l4nft.yaml (table and options) and farms.d/NAME.yaml,
+// one farm per file.
+const (
+	layoutFile = "file"
+	layoutDir  = "dir"
+)
+
 // agentCase is one size: farms x perFarm backends.
 type agentCase struct{ farms, perFarm int }
 
 // agentRow is what one size measured.
 type agentRow struct {
 	Farms, PerFarm int
+	// Layout is the configuration's layout, layoutFile or layoutDir.
+	Layout string
 	// Times holds every timing of each measurement.
 	Times map[string][]time.Duration
 	// Verified counts the timings whose effect was read back from the
@@ -159,11 +169,13 @@ func runAgentSuite(ctx context.Context, cfg config, logf func(string, ...any)) (
 	}
 	var rows []*agentRow
 	for _, c := range agentCases(cfg) {
-		row, err := runAgentCase(ctx, cfg, bin, c, logf)
-		if err != nil {
-			return nil, fmt.Errorf("agent at %d farms x %d: %w", c.farms, c.perFarm, err)
+		for _, layout := range cfg.AgentLayouts {
+			row, err := runAgentCase(ctx, cfg, bin, c, layout, logf)
+			if err != nil {
+				return nil, fmt.Errorf("agent at %d farms x %d, %s layout: %w", c.farms, c.perFarm, layout, err)
+			}
+			rows = append(rows, row)
 		}
-		rows = append(rows, row)
 	}
 	return rows, nil
 }
@@ -195,7 +207,7 @@ func buildL4nft(ctx context.Context, out string) error {
 // first, then a daemon started on an empty kernel, its file reloads, its
 // API, its metrics and status, and its memory before and after many
 // changes.
-func runAgentCase(ctx context.Context, cfg config, bin string, c agentCase, logf func(string, ...any)) (_ *agentRow, err error) {
+func runAgentCase(ctx context.Context, cfg config, bin string, c agentCase, layout string, logf func(string, ...any)) (_ *agentRow, err error) {
 	dir, err := os.MkdirTemp(cfg.AgentDir, "l4nft-bench-agent-")
 	if err != nil {
 		return nil, err
@@ -212,14 +224,17 @@ func runAgentCase(ctx context.Context, cfg config, bin string, c agentCase, logf
 	}
 	defer k.close()
 
-	row := &agentRow{Farms: c.farms, PerFarm: c.perFarm, Times: map[string][]time.Duration{}, Verified: map[string]int{}}
-	w := &agentWorld{ctx: ctx, cfg: cfg, bin: bin, ns: ns, k: k, row: row,
+	row := &agentRow{Farms: c.farms, PerFarm: c.perFarm, Layout: layout, Times: map[string][]time.Duration{}, Verified: map[string]int{}}
+	w := &agentWorld{ctx: ctx, cfg: cfg, bin: bin, ns: ns, k: k, row: row, layout: layout,
 		farms: wideFarms(c.farms, c.perFarm), path: filepath.Join(dir, "l4nft.yaml")}
+	if layout == layoutDir {
+		w.path = filepath.Join(dir, "config")
+	}
 
 	if err := w.measureApply(); err != nil {
 		return nil, err
 	}
-	logf("agent: %d farms x %d: apply install %v, unchanged %v, one change %v", c.farms, c.perFarm,
+	logf("agent: %d farms x %d, %s: apply install %v, unchanged %v, one change %v", c.farms, c.perFarm, layout,
 		median(row.Times[agApplyInstall]), median(row.Times[agApplyUnchanged]), median(row.Times[agApplyChange]))
 
 	// The daemon starts on an empty kernel, so that its peak includes the
@@ -227,7 +242,7 @@ func runAgentCase(ctx context.Context, cfg config, bin string, c agentCase, logf
 	if err := k.removeTable(ctx); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(w.path, []byte(agentConfigText(w.farms)), 0o600); err != nil {
+	if err := w.writeConfig(); err != nil {
 		return nil, err
 	}
 	a, err := startAgent(ctx, ns, bin, w.path, filepath.Join(dir, "api.sock"), filepath.Join(dir, "agent.log"), cfg.AgentWatch)
@@ -249,8 +264,8 @@ func runAgentCase(ctx context.Context, cfg config, bin string, c agentCase, logf
 			return nil, a.withLog(err)
 		}
 	}
-	logf("agent: %d farms x %d: PATCH weight %v, state %v, add %v, delete %v, reload %v, metrics %v, status %v; peak RSS %s after start, %s after %d changes",
-		c.farms, c.perFarm, median(row.Times[agPatchWeight]), median(row.Times[agPatchState]), median(row.Times[agAddFarm]),
+	logf("agent: %d farms x %d, %s: PATCH weight %v, state %v, add %v, delete %v, reload %v, metrics %v, status %v; peak RSS %s after start, %s after %d changes",
+		c.farms, c.perFarm, layout, median(row.Times[agPatchWeight]), median(row.Times[agPatchState]), median(row.Times[agAddFarm]),
 		median(row.Times[agDeleteFarm]), median(row.Times[agReload]), median(row.Times[agMetrics]), median(row.Times[agStatus]),
 		fmtBytes(row.StartHWM), fmtBytes(row.AfterHWM), row.Changes)
 	return row, nil
@@ -269,7 +284,60 @@ type agentWorld struct {
 	// farms is what the configuration holds; only the last farm's first
 	// backend is ever changed.
 	farms []farm
-	path  string
+	// layout is layoutFile (path is the file) or layoutDir (path is the
+	// directory).
+	layout string
+	path   string
+}
+
+// writeConfig writes the whole configuration at w.path: the file, or the
+// directory's main file and one file per farm (removing farm files of
+// farms no longer there).
+func (w *agentWorld) writeConfig() error {
+	if w.layout == layoutFile {
+		return os.WriteFile(w.path, []byte(agentConfigText(w.farms)), 0o600)
+	}
+	farmsDir := filepath.Join(w.path, "farms.d")
+	if err := os.MkdirAll(farmsDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(w.path, "l4nft.yaml"), []byte(agentMainText()), 0o600); err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, f := range w.farms {
+		want[f.Name+".yaml"] = true
+		if err := os.WriteFile(filepath.Join(farmsDir, f.Name+".yaml"), []byte(agentFarmText(f)), 0o600); err != nil {
+			return err
+		}
+	}
+	ents, err := os.ReadDir(farmsDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !want[e.Name()] {
+			if err := os.Remove(filepath.Join(farmsDir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stageTarget writes the configuration as it is now with the target's
+// farm changed into a temporary file beside the one it replaces (hidden in
+// farms.d, so the agent ignores it), and returns that file and the path
+// to rename it over. Only the file layout writes every farm.
+func (w *agentWorld) stageTarget() (tmp, dst string, err error) {
+	text, dst := agentConfigText(w.farms), w.path
+	if w.layout == layoutDir {
+		f, _ := w.target()
+		text = agentFarmText(*f)
+		dst = filepath.Join(w.path, "farms.d", f.Name+".yaml")
+	}
+	tmp = filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".new")
+	return tmp, dst, os.WriteFile(tmp, []byte(text), 0o600)
 }
 
 // target returns the farm and backend the changes are made to.
@@ -292,7 +360,7 @@ func (w *agentWorld) toggleWeight() int {
 func (w *agentWorld) measureApply() error {
 	ctx, row := w.ctx, w.row
 	f, b := w.target()
-	if err := os.WriteFile(w.path, []byte(agentConfigText(w.farms)), 0o600); err != nil {
+	if err := w.writeConfig(); err != nil {
 		return err
 	}
 	for range w.cfg.Reps {
@@ -328,7 +396,11 @@ func (w *agentWorld) measureApply() error {
 	}
 	for range w.cfg.Reps {
 		weight := w.toggleWeight()
-		if err := os.WriteFile(w.path, []byte(agentConfigText(w.farms)), 0o600); err != nil {
+		tmp, dst, err := w.stageTarget()
+		if err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dst); err != nil {
 			return err
 		}
 		d, err := runIn(ctx, w.ns, "", w.bin, "apply", w.path)
@@ -343,16 +415,17 @@ func (w *agentWorld) measureApply() error {
 	return nil
 }
 
-// measureReload times a one-line edit of the file (written beside it and
-// renamed over it, as editors do) until the kernel holds it: the
-// generation counter is polled, and each new generation is read back until
-// it holds the new weight.
+// measureReload times a one-line edit of the file (in the directory
+// layout, of the target farm's file), written beside it and renamed over
+// it as editors do, until the kernel holds it: the generation counter is
+// polled, and each new generation is read back until it holds the new
+// weight.
 func (w *agentWorld) measureReload() error {
 	f, b := w.target()
-	tmp := w.path + ".new"
 	for range w.cfg.Reps {
 		weight := w.toggleWeight()
-		if err := os.WriteFile(tmp, []byte(agentConfigText(w.farms)), 0o600); err != nil {
+		tmp, dst, err := w.stageTarget()
+		if err != nil {
 			return err
 		}
 		g0, err := w.k.generation()
@@ -360,7 +433,7 @@ func (w *agentWorld) measureReload() error {
 			return err
 		}
 		start := time.Now()
-		if err := os.Rename(tmp, w.path); err != nil {
+		if err := os.Rename(tmp, dst); err != nil {
 			return err
 		}
 		d, err := w.k.waitFor(w.ctx, g0, start, 60*time.Second, func() error {
@@ -494,15 +567,39 @@ func (r *agentRow) note(s string) {
 func agentConfigText(farms []farm) string {
 	var b strings.Builder
 	b.Grow(len(farms) * 256)
-	fmt.Fprintf(&b, "# generated by integration/bench (agent suite)\ntable: %s\noptions:\n  mark_mask: %#08x\nfarms:\n", lb.DefaultTable, agentMarkMask)
+	b.WriteString(agentMainText())
+	b.WriteString("farms:\n")
 	for _, f := range farms {
-		fmt.Fprintf(&b, "  - name: %s\n    address: %s\n    ports: [\"%d\"]\n    protocol: tcp\n    mode: nat\n    source: %s\n    backends:\n",
-			f.Name, f.VIP, f.Port, f.VIP)
-		for _, be := range f.Backends {
-			fmt.Fprintf(&b, "      - {name: %s, address: %s, port: %d, weight: %d}\n", be.Name, be.Addr, be.Port, be.Weight)
-		}
+		writeFarmYAML(&b, f, "  - ")
 	}
 	return b.String()
+}
+
+// agentMainText is the main file of the directory layout (and the start
+// of the single file): table and options.
+func agentMainText() string {
+	return fmt.Sprintf("# generated by integration/bench (agent suite)\ntable: %s\noptions:\n  mark_mask: %#08x\n", lb.DefaultTable, agentMarkMask)
+}
+
+// agentFarmText is farms.d/NAME.yaml of the directory layout: the farm
+// mapping at the top level.
+func agentFarmText(f farm) string {
+	var b strings.Builder
+	b.WriteString("# generated by integration/bench (agent suite)\n")
+	writeFarmYAML(&b, f, "")
+	return b.String()
+}
+
+// writeFarmYAML writes farm f as a YAML mapping whose first line starts
+// with lead (a list item's "  - ", or nothing at the top level), one line
+// per backend.
+func writeFarmYAML(b *strings.Builder, f farm, lead string) {
+	in := strings.Repeat(" ", len(lead))
+	fmt.Fprintf(b, "%sname: %s\n%saddress: %s\n%sports: [\"%d\"]\n%sprotocol: tcp\n%smode: nat\n%ssource: %s\n%sbackends:\n",
+		lead, f.Name, in, f.VIP, in, f.Port, in, in, in, f.VIP, in)
+	for _, be := range f.Backends {
+		fmt.Fprintf(b, "%s  - {name: %s, address: %s, port: %d, weight: %d}\n", in, be.Name, be.Addr, be.Port, be.Weight)
+	}
 }
 
 // apiFarm is a farm in the API's (and the file's) schema.

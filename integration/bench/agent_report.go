@@ -67,34 +67,38 @@ func renderAgent(cfg config, res *agentResults) string {
 	p("- Machine: %d cores (%s), %s RAM, Linux %s; %s\n", m.CPUs, m.CPU, m.Memory, m.Kernel, m.Go)
 	p("- Code: %s\n", m.Revision)
 	p("- Command (as root, from the repository root): `%s`\n", cfg.Command)
-	p("- Settings: %d repetitions per measurement (median and nearest-rank p99 reported; with few repetitions p99 is the slowest one), `l4nft run --watch-interval %v`, %d API changes before the second memory reading, file and socket in %s (%s)\n\n",
-		cfg.Reps, cfg.AgentWatch, cfg.AgentChanges, res.Dir, res.DirFS)
+	p("- Settings: %d repetitions per measurement (median and nearest-rank p99 reported; with few repetitions p99 is the slowest one), `l4nft run --watch-interval %v`, %d API changes before the second memory reading, configuration and socket in %s (%s), layouts: %s\n\n",
+		cfg.Reps, cfg.AgentWatch, cfg.AgentChanges, res.Dir, res.DirFS, strings.Join(cfg.AgentLayouts, ", "))
 	p("Each size runs in a network namespace of its own with a daemon of its own (`l4nft run`, started inside the namespace, socket in a temporary directory, no health checks); farm i is 198.51.100.(1 + i/50):(10000 + i%%50), NAT mode with the VIP as source, backends in 203.0.113.0/24. Changes go to the last farm's first backend. " +
+		"Layout: `file` is one l4nft.yaml holding every farm; `dir` is a configuration directory, l4nft.yaml (table and options only) and farms.d/NAME.yaml, one farm per file; every size runs each layout with a daemon and namespace of its own, and each measurement's layouts sit next to each other below. An edit (reload, and `l4nft apply` after one change) rewrites the whole file in the file layout and the changed farm's file alone in the dir layout, written beside it and renamed over it; the agent writes API changes back the same way (the whole file, or the farm's file). " +
 		"API: client-side time from sending the request to the end of the answer, a new unix-socket connection per request as curl makes (the agent applies the change and writes the file back before it answers). " +
-		"Reload: time from renaming an edited copy over the file (one line differs: a weight) until the kernel holds it, found by polling the nf_tables generation counter every 0.2 ms and reading the table back at each new generation. The agent hashes the file every watch interval and loads a new content once two consecutive polls saw it, so a reload waits one to two watch intervals before its apply. " +
-		"`l4nft apply` and `l4nft status`: the whole process run (start, work, exit); apply runs inside the namespace, from empty (table deleted first), unchanged, and after a one-line edit. " +
+		"Reload: time from renaming an edited copy over the file (one line differs: a weight; in the dir layout over the farm's file) until the kernel holds it, found by polling the nf_tables generation counter every 0.2 ms and reading the table back at each new generation. The agent hashes the file every watch interval and loads a new content once two consecutive polls saw it, so a reload waits one to two watch intervals before its apply. " +
+		"`l4nft apply` and `l4nft status`: the whole process run (start, work, exit); apply runs inside the namespace on the file or the directory, from empty (table deleted first), unchanged, and after a one-line edit. " +
 		"Every change is read back from the kernel after its timing (lb.Open adopts the installed table); \"read back\" counts the timings checked (for the unchanged apply: that the generation did not move, i.e. nothing was committed). " +
 		"Targets are judged on the median.\n\n")
-	p("| Farms x backends | Measurement | median | p99 | n | read back | target | verdict |\n|---|---|---:|---:|---:|---:|---:|---|\n")
-	for _, r := range res.Rows {
-		c := agentCase{r.Farms, r.PerFarm}
+	p("| Farms x backends | Measurement | Layout | median | p99 | n | read back | target | verdict |\n|---|---|---|---:|---:|---:|---:|---:|---|\n")
+	// Each measurement's layouts sit side by side.
+	for _, g := range agentGroups(res.Rows) {
 		for _, op := range agentOps {
-			ts := r.Times[op]
-			if len(ts) == 0 {
-				continue
+			for _, r := range g {
+				c := agentCase{r.Farms, r.PerFarm}
+				ts := r.Times[op]
+				if len(ts) == 0 {
+					continue
+				}
+				med, target := median(ts), agentTarget(op, c)
+				v := verdict(med <= target, fmt.Sprintf("by %s (%.1fx)", fmtDur(med-target), med.Seconds()/target.Seconds()))
+				if r.Verified[op] < len(ts) {
+					v += fmt.Sprintf("; **%d not confirmed in the kernel**", len(ts)-r.Verified[op])
+				}
+				p("| %s x %d | %s | %s | %s | %s | %d | %d/%d | <= %s | %s |\n", fmtCount(r.Farms), r.PerFarm, op, r.Layout, fmtDur(med), fmtDur(percentile(ts, 0.99)),
+					len(ts), r.Verified[op], len(ts), fmtDur(target), v)
 			}
-			med, target := median(ts), agentTarget(op, c)
-			v := verdict(med <= target, fmt.Sprintf("by %s (%.1fx)", fmtDur(med-target), med.Seconds()/target.Seconds()))
-			if r.Verified[op] < len(ts) {
-				v += fmt.Sprintf("; **%d not confirmed in the kernel**", len(ts)-r.Verified[op])
-			}
-			p("| %s x %d | %s | %s | %s | %d | %d/%d | <= %s | %s |\n", fmtCount(r.Farms), r.PerFarm, op, fmtDur(med), fmtDur(percentile(ts, 0.99)),
-				len(ts), r.Verified[op], len(ts), fmtDur(target), v)
 		}
 	}
 	p("\nThe daemon's memory, from /proc/PID/status: peak resident set (VmHWM) and resident set (VmRSS) once it answered after starting on an empty kernel (so the peak includes the install), again after the timed steps above (so after the /metrics scrapes and status reads too), and after %d API weight changes made one after the other. Target: peak <= %s after start, and at most +%.0f%% after the changes.\n\n",
 		cfg.AgentChanges, fmtBytes(agentRSSLimit), 100*agentRSSGrowth)
-	p("| Farms x backends | peak after start | RSS after start | peak before changes | RSS before changes | peak after changes | RSS after changes | peak growth from start | changes took | /metrics size | verdict |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	p("| Farms x backends | Layout | peak after start | RSS after start | peak before changes | RSS before changes | peak after changes | RSS after changes | peak growth from start | changes took | /metrics size | verdict |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range res.Rows {
 		growth := 0.0
 		if r.StartHWM > 0 {
@@ -111,14 +115,14 @@ func renderAgent(cfg config, res *agentResults) string {
 		if r.Changes > 0 {
 			perChange = r.ChangesTime / time.Duration(r.Changes)
 		}
-		p("| %s x %d | %s | %s | %s | %s | %s | %s | %+.1f%% | %s for %d (%s each) | %s | %s |\n", fmtCount(r.Farms), r.PerFarm,
+		p("| %s x %d | %s | %s | %s | %s | %s | %s | %s | %+.1f%% | %s for %d (%s each) | %s | %s |\n", fmtCount(r.Farms), r.PerFarm, r.Layout,
 			fmtBytes(r.StartHWM), fmtBytes(r.StartRSS), fmtBytes(r.BeforeHWM), fmtBytes(r.BeforeRSS), fmtBytes(r.AfterHWM), fmtBytes(r.AfterRSS), 100*growth,
 			fmtDur(r.ChangesTime), r.Changes, fmtDur(perChange), fmtBytes(uint64(r.MetricsBytes)), verdict(len(miss) == 0, strings.Join(miss, ", ")))
 	}
 	var notes []string
 	for _, r := range res.Rows {
 		for _, n := range r.Notes {
-			notes = append(notes, fmt.Sprintf("- %s x %d: %s", fmtCount(r.Farms), r.PerFarm, n))
+			notes = append(notes, fmt.Sprintf("- %s x %d, %s layout: %s", fmtCount(r.Farms), r.PerFarm, r.Layout, n))
 		}
 	}
 	if len(notes) > 0 {
@@ -126,6 +130,19 @@ func renderAgent(cfg config, res *agentResults) string {
 	}
 	p("\n")
 	return b.String()
+}
+
+// agentGroups groups rows by size, in order.
+func agentGroups(rows []*agentRow) [][]*agentRow {
+	var gs [][]*agentRow
+	for _, r := range rows {
+		if n := len(gs); n > 0 && gs[n-1][0].Farms == r.Farms && gs[n-1][0].PerFarm == r.PerFarm {
+			gs[n-1] = append(gs[n-1], r)
+			continue
+		}
+		gs = append(gs, []*agentRow{r})
+	}
+	return gs
 }
 
 // fmtCount writes n with thousands separators.

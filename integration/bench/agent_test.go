@@ -10,9 +10,10 @@ import (
 )
 
 // TestAgentSuite runs the agent suite at a tiny size (10 farms and 10 x 10,
-// one repetition, 20 changes) so that it cannot rot: every measurement
-// completed and every change was read back from the kernel. It never
-// checks how fast anything is.
+// one repetition, 20 changes), with both configuration layouts (one file,
+// a directory), so that it cannot rot: every measurement completed and
+// every change was read back from the kernel. It never checks how fast
+// anything is.
 func TestAgentSuite(t *testing.T) {
 	requireRoot(t)
 	cfg, err := parseFlags([]string{"-suite", "agent", "-smoke"}, io.Discard)
@@ -24,10 +25,16 @@ func TestAgentSuite(t *testing.T) {
 		t.Fatalf("failed to run the agent suite: %v", err)
 	}
 	res.Finished = time.Now()
-	if want := len(agentCases(cfg)); len(res.Rows) != want {
-		t.Fatalf("%d sizes measured, want %d", len(res.Rows), want)
+	if len(cfg.AgentLayouts) != 2 {
+		t.Fatalf("layouts %v by default, want file and dir", cfg.AgentLayouts)
 	}
-	for _, r := range res.Rows {
+	if want := len(agentCases(cfg)) * len(cfg.AgentLayouts); len(res.Rows) != want {
+		t.Fatalf("%d sizes and layouts measured, want %d", len(res.Rows), want)
+	}
+	for i, r := range res.Rows {
+		if want := cfg.AgentLayouts[i%2]; r.Layout != want {
+			t.Errorf("row %d: layout %q, want %q", i, r.Layout, want)
+		}
 		for _, op := range agentOps {
 			want := cfg.Reps
 			if op == agPatchState {
@@ -68,8 +75,10 @@ func TestAgentSuite(t *testing.T) {
 		t.Errorf("report after writing the agent section:\n%s", report)
 	}
 	for _, op := range agentOps {
-		if !strings.Contains(section, "| "+op+" |") {
-			t.Errorf("section lacks %q", op)
+		for _, layout := range cfg.AgentLayouts {
+			if !strings.Contains(section, "| "+op+" | "+layout+" |") {
+				t.Errorf("section lacks %q in the %s layout", op, layout)
+			}
 		}
 	}
 	if t.Failed() {

@@ -61,6 +61,9 @@ type config struct {
 	// AgentChanges is how many API changes the agent makes before its
 	// memory is read the second time.
 	AgentChanges int
+	// AgentLayouts are the configuration layouts the agent suite measures,
+	// each at every size: layoutFile, layoutDir.
+	AgentLayouts []string
 	// L4nftBinary is a prebuilt l4nft; empty builds agent/cmd/l4nft.
 	L4nftBinary string
 	// AgentDir is where the agent's file and socket go (a temporary
@@ -157,6 +160,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	suite := fs.String("suite", suiteLib, "lib: the library against iptables and the floor (-sections); agent: the l4nft binary's control plane (defaults: -sizes 100,1000,10000 -wide 1x1000 -reps 5)")
 	agentWatch := fs.Duration("agent-watch", 50*time.Millisecond, "agent suite: the agent's --watch-interval (file reloads wait up to one)")
 	agentChanges := fs.Int("agent-changes", 1000, "agent suite: API changes before the daemon's memory is read again")
+	agentLayout := fs.String("agent-layout", "both", "agent suite: configuration layout, file (one file), dir (l4nft.yaml + farms.d/NAME.yaml) or both")
 	l4nftBin := fs.String("l4nft", "", "agent suite: a prebuilt l4nft binary (default: build agent/cmd/l4nft)")
 	agentDir := fs.String("agent-dir", "", "agent suite: directory for the agent's file and socket (default $TMPDIR or /tmp); its file system's fsync is part of every API change")
 	writeResults := fs.Bool("write-results", false, "agent suite: write its section into -out, keeping the rest of the file")
@@ -185,6 +189,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		Sections: splitList(*sections), Variants: splitList(*variants),
 		IptablesTimeout: 2 * time.Minute, DistLimit: 2 * time.Minute,
 		Suite: *suite, AgentWatch: *agentWatch, AgentChanges: *agentChanges, L4nftBinary: *l4nftBin, AgentDir: *agentDir, WriteResults: *writeResults,
+	}
+	switch *agentLayout {
+	case layoutFile, layoutDir:
+		cfg.AgentLayouts = []string{*agentLayout}
+	case "both":
+		cfg.AgentLayouts = []string{layoutFile, layoutDir}
+	default:
+		return config{}, fmt.Errorf("-agent-layout %q: want file, dir or both", *agentLayout)
 	}
 	var err error
 	if cfg.Sizes, err = parseSizes(*sizes); err != nil {
