@@ -168,6 +168,10 @@ func (k *fakeKernel) Elements(_ string, s nft.Set) ([]nft.Element, error) {
 	return out, nil
 }
 
+func (k *fakeKernel) Counters(table string, s nft.Set) ([]nft.Element, error) {
+	return k.Elements(table, s)
+}
+
 func (k *fakeKernel) Chains(string) ([]string, error) {
 	var out []string
 	for name := range k.rules {

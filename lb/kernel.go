@@ -17,6 +17,8 @@ type kernel interface {
 	Elements(table string, s nft.Set) ([]nft.Element, error)
 	Chains(table string) ([]string, error)
 	Rules(table, chain string) ([]nft.RuleInfo, error)
+	// Counters reads the counters of a counted set's elements.
+	Counters(table string, s nft.Set) ([]nft.Element, error)
 	Generation() (uint32, error)
 	// Identity names the namespace for as long as the system runs.
 	Identity() (string, error)

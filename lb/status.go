@@ -3,6 +3,7 @@ package lb
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/l4nft/l4nft/nft"
 )
@@ -41,53 +42,57 @@ type BackendStatus struct {
 // socket of their own and hold no lock that Apply takes: a scrape never
 // delays a change.
 func (b *Balancer) Status(ctx context.Context) (Status, error) {
+	// The skeleton, with every backend's mark, under the lock; the
+	// counters after it.
 	b.mu.Lock()
-	state, rebuild := b.state(), b.rebuild
-	marks := make(map[objectKey]uint32, len(b.marks.owner))
-	for k, m := range b.marks.owner {
-		marks[k] = m
+	rebuild := b.rebuild
+	st := Status{Farms: make([]FarmStatus, 0, len(b.order))}
+	byMark := map[uint32]*BackendStatus{}
+	for _, name := range b.order {
+		f := b.farms[name].spec
+		fs := FarmStatus{Farm: f, Backends: make([]BackendStatus, len(f.Backends))}
+		fs.Farm.Ports = slices.Clone(f.Ports)
+		fs.Farm.Backends = nil
+		for i, be := range f.Backends {
+			fs.Backends[i] = BackendStatus{Backend: be, Mark: b.marks.owner[objectKey{f.Name, be.Name}]}
+		}
+		st.Farms = append(st.Farms, fs)
+	}
+	for fi := range st.Farms {
+		for bi := range st.Farms[fi].Backends {
+			bs := &st.Farms[fi].Backends[bi]
+			byMark[bs.Mark] = bs
+		}
 	}
 	b.mu.Unlock()
-	type counters struct{ conns, packets, bytes uint64 }
-	byMark := map[uint32]*counters{}
-	get := func(m uint32) *counters {
-		if byMark[m] == nil {
-			byMark[m] = &counters{}
-		}
-		return byMark[m]
-	}
 	if !rebuild {
 		for _, s := range []nft.Set{setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6, setTraffic} {
 			if err := ctx.Err(); err != nil {
 				return Status{}, err
 			}
-			elems, err := b.stats.Elements(b.opts.Table, s)
+			elems, err := b.stats.Counters(b.opts.Table, s)
 			if err != nil {
 				return Status{}, fmt.Errorf("reading counters: %w", err)
 			}
 			for _, e := range elems {
-				c := get(nft.ParseMark(e.Key))
-				if s.Name == setTraffic.Name {
-					c.packets, c.bytes = e.Packets, e.Bytes
-				} else {
-					c.conns = e.Packets // the dnat lookup runs once per connection
+				bs := byMark[nft.ParseMark(e.Key)]
+				switch {
+				case bs == nil:
+				case s.Name == setTraffic.Name:
+					bs.Packets, bs.Bytes = e.Packets, e.Bytes
+				default:
+					bs.Connections = e.Packets // the dnat lookup runs once per connection
 				}
 			}
 		}
 	}
-	var st Status
-	for _, f := range state.Farms {
-		fs := FarmStatus{Farm: f}
-		fs.Farm.Backends = nil
-		for _, be := range f.Backends {
-			m := marks[objectKey{f.Name, be.Name}]
-			c := get(m)
-			fs.Backends = append(fs.Backends, BackendStatus{Backend: be, Mark: m, Connections: c.conns, Packets: c.packets, Bytes: c.bytes})
-			fs.Connections += c.conns
-			fs.Packets += c.packets
-			fs.Bytes += c.bytes
+	for fi := range st.Farms {
+		fs := &st.Farms[fi]
+		for _, bs := range fs.Backends {
+			fs.Connections += bs.Connections
+			fs.Packets += bs.Packets
+			fs.Bytes += bs.Bytes
 		}
-		st.Farms = append(st.Farms, fs)
 	}
 	return st, nil
 }

@@ -30,9 +30,9 @@ type Conn struct {
 	// grace period, 8-30 ms) whenever an earlier transaction freed
 	// something, so a socket per transaction made every deletion slow.
 	nl *nftables.Conn
-	// gen is a socket of its own for generation queries, which
-	// google/nftables does not offer.
-	gen *netlink.Conn
+	// raw is a socket of its own for generation queries and counter
+	// dumps (see rawLocked).
+	raw *netlink.Conn
 	// readBuffer is the receive buffer size; tests shrink it.
 	readBuffer int
 }
@@ -118,10 +118,7 @@ func (c *Conn) dropLocked() {
 		_ = c.nl.CloseLasting()
 		c.nl = nil
 	}
-	if c.gen != nil {
-		_ = c.gen.Close()
-		c.gen = nil
-	}
+	c.dropRawLocked()
 }
 
 // NetNSFd returns the descriptor of the Conn's namespace, valid until Close.

@@ -21,20 +21,38 @@ func (c *Conn) Generation() (uint32, error) {
 	if c.ns == nil {
 		return 0, ErrClosed
 	}
-	if c.gen == nil {
-		nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(c.ns.Fd())})
-		if err != nil {
-			return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
-		}
-		c.gen = nl
-	}
-	id, err := getGeneration(c.gen)
+	nl, err := c.rawLocked()
 	if err != nil {
-		c.gen.Close()
-		c.gen = nil
+		return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
+	}
+	id, err := getGeneration(nl)
+	if err != nil {
+		c.dropRawLocked()
 		return 0, &OpError{Op: "get generation", Object: c.desc, Err: err}
 	}
 	return id, nil
+}
+
+// rawLocked returns the Conn's own netlink socket, for what
+// google/nftables does not offer (or offers at a cost): generation
+// queries and counter dumps.
+func (c *Conn) rawLocked() (*netlink.Conn, error) {
+	if c.raw == nil {
+		nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(c.ns.Fd())})
+		if err != nil {
+			return nil, err
+		}
+		_ = nl.SetReadBuffer(socketBuffer)
+		c.raw = nl
+	}
+	return c.raw, nil
+}
+
+func (c *Conn) dropRawLocked() {
+	if c.raw != nil {
+		c.raw.Close()
+		c.raw = nil
+	}
 }
 
 // Identity names the Conn's namespace for as long as the system runs:
