@@ -532,3 +532,40 @@ func TestStateFileSkipsTheReadBackWhileNothingChanged(t *testing.T) {
 		t.Errorf("after a foreign change and a fresh Open: %s", diff)
 	}
 }
+
+func TestPriorityPicksTheBestAvailable(t *testing.T) {
+	f := validFarm("web", "198.51.100.1")
+	f.Backends = append(f.Backends, Backend{Name: "backup", Address: addr("203.0.113.12"), Port: 443, Weight: 1, Priority: 2})
+	scheduled := func(f Farm) []string {
+		c := compileFarm(f, markMap{}, 8, true)
+		var names []string
+		for _, e := range c.elements.schedule() {
+			if e.Comment != "" {
+				names = append(names, e.Comment)
+			}
+		}
+		slices.Sort(names)
+		return names
+	}
+	if got := scheduled(f); !slices.Equal(got, []string{"web/app0", "web/app1"}) {
+		t.Errorf("all up: scheduled %v", got)
+	}
+	f.Backends[0].State, f.Backends[1].State = Down, Drain
+	if got := scheduled(f); !slices.Equal(got, []string{"web/backup"}) {
+		t.Errorf("priority 1 unavailable: scheduled %v", got)
+	}
+	f.Backends[0].State = Up
+	if got := scheduled(f); !slices.Equal(got, []string{"web/app0"}) {
+		t.Errorf("app0 back: scheduled %v", got)
+	}
+	// It reads back.
+	s := State{Farms: []Farm{f}}
+	_, k := installed(t, s, Options{})
+	if got := openFake(t, k, Options{}, nil).State(); !reflect.DeepEqual(got, sortedState(s)) {
+		t.Errorf("read back %+v", got)
+	}
+	f.Backends[2].Priority = 10
+	if err := Validate(State{Farms: []Farm{f}}, Options{}); err == nil || !strings.Contains(err.Error(), "backends[backup].priority: 10 is outside 1-9") {
+		t.Errorf("Validate(priority 10) = %v", err)
+	}
+}

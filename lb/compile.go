@@ -54,7 +54,11 @@ func farmComment(f Farm) string {
 }
 
 func backendComment(f Farm, b Backend) string {
-	return fmt.Sprintf("backend=%s/%s weight=%d state=%s", f.Name, b.Name, b.Weight, b.State)
+	c := fmt.Sprintf("backend=%s/%s weight=%d state=%s", f.Name, b.Name, b.Weight, b.State)
+	if b.Priority != 0 {
+		c += fmt.Sprintf(" priority=%d", b.Priority)
+	}
+	return c
 }
 
 // compileFarm turns a valid farm into its elements. marks holds the mark
@@ -135,6 +139,12 @@ func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 		if b.State == Up {
 			up = append(up, b)
 		}
+	}
+	// Only the best priority that has an available backend takes new
+	// connections.
+	if len(up) > 0 {
+		best := slices.MinFunc(up, func(x, y Backend) int { return cmp.Compare(x.priority(), y.priority()) }).priority()
+		up = slices.DeleteFunc(up, func(x Backend) bool { return x.priority() != best })
 	}
 
 	// Schedule: each available backend owns a range of the farm's slots,

@@ -277,6 +277,11 @@ func parseBackend(name string, kv map[string]string, target nft.Element) (Backen
 	if be.State, err = ParseBackendState(kv["state"]); err != nil {
 		return be, err
 	}
+	if p, ok := kv["priority"]; ok {
+		if be.Priority, err = strconv.Atoi(p); err != nil {
+			return be, fmt.Errorf("priority: %w", err)
+		}
+	}
 	v := target.Value
 	switch len(v) {
 	case 0:

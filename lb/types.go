@@ -50,7 +50,19 @@ type Backend struct {
 	Weight int `json:"weight"`
 	// State says whether the backend takes new connections.
 	State BackendState `json:"state"`
+	// Priority makes a backup server: new connections go only to the
+	// available (Up) backends of the best priority that has any, 1 the
+	// best, MaxPriority the worst; 0 means 1. When every backend of the
+	// best priority is drained, down or removed, the next priority takes
+	// over in the same change, and gives way again when one comes back.
+	Priority int `json:"priority,omitempty"`
 }
+
+// MaxPriority is the worst backend priority.
+const MaxPriority = 9
+
+// priority returns the backend's priority, the default filled in.
+func (b Backend) priority() int { return max(b.Priority, 1) }
 
 // MaxWeight is the largest backend weight.
 const MaxWeight = 10000

@@ -234,6 +234,9 @@ func Validate(s State, opts Options) error {
 			case b.Weight < 1 || b.Weight > MaxWeight:
 				backend("weight", "%d is outside 1-%d", b.Weight, MaxWeight)
 			}
+			if b.Priority < 0 || b.Priority > MaxPriority {
+				backend("priority", "%d is outside 1-%d (0 means 1)", b.Priority, MaxPriority)
+			}
 			if !states.ok(b.State) {
 				backend("state", "unknown state %d (want %s)", b.State, strings.Join(states.valid(), ", "))
 			}
