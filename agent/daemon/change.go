@@ -111,7 +111,9 @@ func (d *Daemon) SetBackend(ctx context.Context, farm, backend string, ch Backen
 func (d *Daemon) change(ctx context.Context, reason, name string, build func(cur *config.Farm) (*config.Farm, error)) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.syncBeforeChangeLocked(ctx, name); err != nil {
+	if err := d.syncBeforeChangeLocked(ctx, name); errors.Is(err, ErrConflict) {
+		return err
+	} else if err != nil {
 		return fmt.Errorf("%w: %s cannot be loaded, fix it first: %w", ErrConflict, d.opts.ConfigPath, err)
 	}
 	prev := d.index[name]
@@ -178,7 +180,11 @@ func (d *Daemon) syncBeforeChangeLocked(ctx context.Context, name string) error 
 		if err == nil && ok && m == known.Meta {
 			continue
 		}
-		// Something changed: load it, and build on it if it is valid.
+		// Something changed: load it once it is complete, and build on
+		// it if it is valid.
+		if err := d.settleLocked(ctx); err != nil {
+			return err
+		}
 		if err := d.reloadLocked(ctx, false); err != nil {
 			return err
 		}

@@ -126,6 +126,7 @@ type Daemon struct {
 	frags    map[string][]byte      // single file: each farm's encoded item, re-encoded when it changes
 	badSum   [32]byte               // the rejected content, not to reject it twice
 	seenSum  [32]byte               // a change seen by the last poll, waiting to settle
+	seenAt   time.Time              // when seenSum was first seen
 
 	view sync.RWMutex // guards top, farms and index for readers that do not hold mu, and info
 	info info

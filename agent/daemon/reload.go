@@ -122,7 +122,7 @@ func (d *Daemon) reloadLocked(ctx context.Context, settle bool) error {
 		fmt.Fprintf(h, "%s %v %+v\n", c.path, c.removed, c.meta)
 	}
 	if seen := [32]byte(h.Sum(nil)); settle && seen != d.seenSum {
-		d.seenSum = seen // wait one interval for the writer to finish
+		d.seenSum, d.seenAt = seen, time.Now() // wait one interval for the writer to finish
 		return d.currentErrLocked()
 	}
 	var reads []readFile
@@ -178,6 +178,54 @@ func (d *Daemon) reloadLocked(ctx context.Context, settle bool) error {
 		d.badSum = sum
 	}
 	return err
+}
+
+// changeSum identifies the changes scanLocked found by the files' meta.
+func changeSum(changed []changedFile) [32]byte {
+	h := sha256.New()
+	for _, c := range changed {
+		fmt.Fprintf(h, "%s %v %+v\n", c.path, c.removed, c.meta)
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+// settleLocked waits until the changes on disk have been seen unchanged
+// for one watch interval (at most a second), as the watcher would before
+// loading them, and fails with ErrConflict if they are still changing: a
+// file being written in place must not be loaded half written, and an API
+// change must not be built on it and written over it.
+func (d *Daemon) settleLocked(ctx context.Context) error {
+	period := d.opts.WatchInterval
+	if period <= 0 {
+		period = DefaultWatchInterval
+	}
+	period = min(period, time.Second)
+	changed, err := d.scanLocked()
+	if err != nil || len(changed) == 0 {
+		return nil // reloadLocked reports it
+	}
+	sum := changeSum(changed)
+	if sum == d.seenSum && time.Since(d.seenAt) >= period {
+		return nil
+	}
+	if sum != d.seenSum {
+		d.seenSum, d.seenAt = sum, time.Now()
+	}
+	t := time.NewTimer(period - time.Since(d.seenAt))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	changed, err = d.scanLocked()
+	if err != nil || len(changed) == 0 {
+		return nil
+	}
+	if changeSum(changed) != sum {
+		return fmt.Errorf("%w: %s is being written; retry once it is complete", ErrConflict, d.opts.ConfigPath)
+	}
+	return nil
 }
 
 // currentErrLocked is the error of the configuration on disk, if it is
