@@ -37,7 +37,7 @@ func problemsOf(tb testing.TB, body string) []string {
 	}
 	var out []string
 	for _, p := range eb.Problems {
-		out = append(out, strings.TrimPrefix(p.Path+": "+p.Message, ": "))
+		out = append(out, p.Path+": "+p.Message)
 	}
 	return out
 }
@@ -60,7 +60,7 @@ func TestPatchBodyIsStrict(t *testing.T) {
 			`state: unknown state "sleeping" (want up, drain, down)`,
 			"weight: 0 is not a weight (want 1-10000); to stop new connections set state drain",
 		}},
-		{"nothing", `{}`, []string{`nothing to change: want "weight" and/or "state"`}},
+		{"nothing", `{}`, []string{`: nothing to change: want "weight" and/or "state"`}},
 	} {
 		code, body := do(t, srv, "PATCH", "/v1/farms/web/backends/app0", "", tc.body)
 		if code != 400 {
@@ -68,6 +68,13 @@ func TestPatchBodyIsStrict(t *testing.T) {
 			continue
 		}
 		got := problemsOf(t, body)
+		for i, w := range tc.want {
+			if strings.HasPrefix(w, ": ") {
+				tc.want[i] = "farms[web].backends[app0]" + w
+			} else {
+				tc.want[i] = "farms[web].backends[app0]." + w
+			}
+		}
 		if tc.name == "all at once" {
 			slices.Sort(got)
 		}

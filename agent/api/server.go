@@ -63,6 +63,28 @@ type ErrorBody struct {
 	Problems []lb.Problem `json:"problems,omitempty"`
 }
 
+// UnmarshalJSON reads the problems back with their farm, backend and
+// field, from their path.
+func (b *ErrorBody) UnmarshalJSON(data []byte) error {
+	var wire struct {
+		Error    string `json:"error"`
+		Problems []struct {
+			File    string `json:"file"`
+			Line    int    `json:"line"`
+			Path    string `json:"path"`
+			Message string `json:"message"`
+		} `json:"problems"`
+	}
+	if err := json.Unmarshal(data, &wire); err != nil {
+		return err
+	}
+	b.Error, b.Problems = wire.Error, nil
+	for _, p := range wire.Problems {
+		b.Problems = append(b.Problems, config.ProblemAt(p.File, p.Line, p.Path, p.Message))
+	}
+	return nil
+}
+
 // PlanBody is the answer to a change sent with ?dry_run=true: what the
 // change would send to the kernel. Nothing was changed, in the kernel or
 // in the files.
@@ -448,12 +470,12 @@ func (s *server) patchBackend(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ch, err := config.ParseBackendChange("request body", data)
+	farm, backend := r.PathValue("farm"), r.PathValue("backend")
+	ch, err := config.ParseBackendChange("request body", data, farm, backend)
 	if err != nil {
 		s.fail(w, r, http.StatusBadRequest, err)
 		return
 	}
-	farm, backend := r.PathValue("farm"), r.PathValue("backend")
 	if dry {
 		s.plan(w, r, farm, func(cur *config.Farm) (*config.Farm, error) {
 			if cur == nil {

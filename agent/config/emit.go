@@ -113,6 +113,9 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 		}
 		dst = intField(dst, in, "weight", b.Weight)
 		dst = textField(dst, in, "state", b.State)
+		if b.Priority != 0 {
+			dst = intField(dst, in, "priority", b.Priority)
+		}
 		if b.Health != nil {
 			dst = appendHealth(dst, b.Health, in)
 		}
@@ -180,6 +183,15 @@ func appendHeader(dst []byte, c *Config) []byte {
 			if kv[1] != "" {
 				dst = strField(dst, "  ", kv[0], kv[1])
 			}
+		}
+	}
+	if c.Limits != (Limits{}) {
+		dst = append(dst, "limits:\n"...)
+		if c.Limits.MaxFarms != 0 {
+			dst = intField(dst, "  ", "max_farms", c.Limits.MaxFarms)
+		}
+		if c.Limits.MaxBackends != 0 {
+			dst = intField(dst, "  ", "max_backends", c.Limits.MaxBackends)
 		}
 	}
 	return dst
@@ -287,7 +299,8 @@ func (c *Config) MarshalMain(name string) []byte {
 			Table   string  `json:"table,omitempty"`
 			Options Options `json:"options,omitzero"`
 			API     API     `json:"api,omitzero"`
-		}{head.Table, head.Options, head.API})
+			Limits  Limits  `json:"limits,omitzero"`
+		}{head.Table, head.Options, head.API, head.Limits})
 		return append(b, '\n')
 	}
 	out := appendHeader(nil, c)

@@ -446,7 +446,10 @@ func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) B
 			b.Weight = 0                                                    // a weight that does not parse is not the default
 			p.integer(v, at("weight"), math.MinInt, math.MaxInt, &b.Weight) // lb.Validate words the range
 		},
-		"state":  func(v *yaml.Node) { p.text(v, at("state"), &b.State) },
+		"state": func(v *yaml.Node) { p.text(v, at("state"), &b.State) },
+		"priority": func(v *yaml.Node) {
+			p.integer(v, at("priority"), math.MinInt, math.MaxInt, &b.Priority) // lb.Validate words the range
+		},
 		"health": func(v *yaml.Node) { b.Health = p.health(v, at("health"), pos, rel+"health.") },
 	}, func(k string, line int) { pos[rel+k] = line })
 	return b
@@ -560,13 +563,14 @@ type BackendChange struct {
 	State  *lb.BackendState `json:"state,omitempty"`
 }
 
-// ParseBackendChange parses a backend change from a source named name
-// (such as "request body") with the file's rules, strict as they are:
+// ParseBackendChange parses a change of backend backend of farm farm from
+// a source named name (such as "request body") with the file's rules,
+// strict as they are:
 // unknown fields, duplicate fields and fields written in another case are
 // problems, and a weight out of range is worded as in a file. It returns
 // an *lb.ValidationError listing every problem, the parser's and the
 // validator's together.
-func ParseBackendChange(name string, data []byte) (BackendChange, error) {
+func ParseBackendChange(name string, data []byte, farm, backend string) (BackendChange, error) {
 	p := &parser{file: name}
 	root, err := p.document(data)
 	if err != nil {
@@ -574,11 +578,12 @@ func ParseBackendChange(name string, data []byte) (BackendChange, error) {
 	}
 	var ch BackendChange
 	pos := positions{}
-	p.mapping(root, "", map[string]func(*yaml.Node){
+	path := "farms[" + farm + "].backends[" + backend + "]"
+	p.mapping(root, path, map[string]func(*yaml.Node){
 		"weight": func(v *yaml.Node) {
 			w := 0
 			before := len(p.problems)
-			p.integer(v, "weight", math.MinInt, math.MaxInt, &w)
+			p.integer(v, path+".weight", math.MinInt, math.MaxInt, &w)
 			if len(p.problems) == before {
 				ch.Weight = &w
 			}
@@ -586,7 +591,7 @@ func ParseBackendChange(name string, data []byte) (BackendChange, error) {
 		"state": func(v *yaml.Node) {
 			var s lb.BackendState
 			before := len(p.problems)
-			p.text(v, "state", &s)
+			p.text(v, path+".state", &s)
 			if len(p.problems) == before {
 				ch.State = &s
 			}
@@ -598,12 +603,12 @@ func ParseBackendChange(name string, data []byte) (BackendChange, error) {
 			Backends: []lb.Backend{{Name: "probe", Address: netip.MustParseAddr("192.0.2.2"), Weight: *ch.Weight}}}}}
 		for _, vp := range Problems(lb.Validate(probe, lb.Options{})) {
 			if vp.Field == "weight" {
-				p.problems = append(p.problems, ProblemAt(name, pos.lookup("weight"), "weight", vp.Message))
+				p.problems = append(p.problems, ProblemAt(name, pos.lookup("weight"), path+".weight", vp.Message))
 			}
 		}
 	}
 	if len(p.problems) == 0 && ch.Weight == nil && ch.State == nil {
-		p.problems = append(p.problems, ProblemAt(name, root.Line, "", `nothing to change: want "weight" and/or "state"`))
+		p.problems = append(p.problems, ProblemAt(name, root.Line, path, `nothing to change: want "weight" and/or "state"`))
 	}
 	return ch, newError(p.problems)
 }

@@ -1,0 +1,41 @@
+package api
+
+import (
+	"net/http"
+	"testing"
+)
+
+// fuzzBody sends body with method to path of a server holding webFarm and
+// checks that a refused request changed nothing and that nothing panics.
+func fuzzBody(t *testing.T, method, path string, body []byte) {
+	srv, svc := mustFarm(t)
+	before := svc.Farms()
+	code, out := do(t, srv, method, path, "", string(body))
+	if code == http.StatusInternalServerError {
+		t.Fatalf("%s %s: 500 %s", method, path, out)
+	}
+	if code >= 300 {
+		after := svc.Farms()
+		if len(after) != len(before) || !after[0].Equal(&before[0]) {
+			t.Fatalf("%s %s refused (%d) but changed the farms: %+v", method, path, code, after)
+		}
+	}
+}
+
+// FuzzFarmBody: a farm body, as PUT; seeds in testdata/fuzz/FuzzFarmBody.
+func FuzzFarmBody(f *testing.F) {
+	f.Add([]byte(webFarm))
+	f.Add([]byte(`{"name": "web", "name": "web"}`))
+	f.Add([]byte(`{"Name": "web"}`))
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzBody(t, "PUT", "/v1/farms/web", body) })
+}
+
+// FuzzBackendBody: a backend change, as PATCH; seeds in
+// testdata/fuzz/FuzzBackendBody.
+func FuzzBackendBody(f *testing.F) {
+	f.Add([]byte(`{"weight": 3}`))
+	f.Add([]byte(`{"weight":5,"weight":7}`))
+	f.Add([]byte(`{"Weight":8}`))
+	f.Add([]byte(`{"state": "drain", "weight": 0}`))
+	f.Fuzz(func(t *testing.T, body []byte) { fuzzBody(t, "PATCH", "/v1/farms/web/backends/app0", body) })
+}
