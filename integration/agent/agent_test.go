@@ -185,7 +185,7 @@ func TestAPIChangeIsAppliedAndPersisted(t *testing.T) {
 	_, err = a.client.SetBackend(ctx, "web", "backend0", daemon.BackendChange{Weight: &bad})
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.StatusCode != http.StatusBadRequest || len(ae.Problems) != 1 ||
-		ae.Problems[0].Path != "farms[web].backends[backend0].weight" {
+		ae.Problems[0].Path() != "farms[web].backends[backend0].weight" {
 		t.Errorf("weight 0 through the API: %v, want 400 naming the weight", err)
 	}
 	if err := a.client.DeleteFarm(ctx, "other"); err != nil {
@@ -492,7 +492,7 @@ func TestAPIRejectsBadBodies(t *testing.T) {
 		{"unknown field", "PUT", "/v1/farms/web", `{"name": "web", "address": "198.51.100.250", "ports": ["80"], "backends": [], "colour": 1}`, "unknown field"},
 		{"invalid", "POST", "/v1/farms", `{"name": "new", "address": "198.51.100.250", "ports": ["80"], "backends": []}`, "invalid configuration"},
 		{"name mismatch", "PUT", "/v1/farms/web", `{"name": "other", "address": "198.51.100.251", "ports": ["80"], "backends": []}`, "names farm"},
-		{"bad state", "PATCH", "/v1/farms/web/backends/backend0", `{"state": "sleeping"}`, "malformed backend change"},
+		{"bad state", "PATCH", "/v1/farms/web/backends/backend0", `{"state": "sleeping"}`, `unknown state "sleeping" (want up, drain, down)`},
 		{"unknown change", "PATCH", "/v1/farms/web/backends/backend0", `{"wieght": 3}`, "unknown field"},
 		{"no change", "PATCH", "/v1/farms/web/backends/backend0", `{}`, "nothing to change"},
 		{"trailing junk", "PATCH", "/v1/farms/web/backends/backend0", `{"weight": 3} x`, "malformed JSON"},
