@@ -2,8 +2,8 @@ package api
 
 import (
 	"encoding/json"
-	"slices"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 

@@ -199,19 +199,20 @@ func (lis *apiListeners) close() {
 
 // serve serves the API on the listeners.
 func (lis *apiListeners) serve(d *daemon.Daemon, log *slog.Logger, metricsHandler http.Handler) []*http.Server {
+	limits := d.Config().Limits
 	newServer := func(token string) *http.Server {
-		h := api.NewHandler(api.Options{Service: d, Metrics: metricsHandler, Token: token, Logger: log})
+		h := api.NewHandler(api.Options{Service: d, Metrics: metricsHandler, Token: token, Logger: log, Limits: limits})
 		return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-			WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+			WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	}
 	us := newServer("")
-	go us.Serve(lis.unix)
+	go us.Serve(api.LimitListener(lis.unix, api.DefaultMaxConns))
 	servers := []*http.Server{us}
 	log.Info("api listening", "socket", lis.socket)
 	if lis.tcp != nil {
 		ts := newServer(lis.token)
-		go ts.Serve(lis.tcp)
+		go ts.Serve(api.LimitListener(lis.tcp, api.DefaultMaxConns))
 		log.Info("api listening", "address", lis.tcp.Addr().String(), "tls", lis.tls)
 		servers = append(servers, ts)
 	}
