@@ -500,7 +500,9 @@ func (p *parser) bounded(n *yaml.Node, path, what, limit string, max int) []*yam
 
 // MaxAliasNodes bounds what YAML aliases may add to a document: the
 // number of nodes a walk through every alias reaches beyond the nodes
-// written. A small document whose aliases refer to aliases (a "billion
+// written may be at most this or the number written, whichever is larger
+// (so a large file sharing a health block by alias is fine, and the walk
+// costs at most twice the document). A small document whose aliases refer to aliases (a "billion
 // laughs") would otherwise cost time and memory exponential in its size.
 const MaxAliasNodes = 10000
 
@@ -550,8 +552,8 @@ func checkAliases(root *yaml.Node) (int, error) {
 	if cycle != 0 {
 		return cycle, errors.New("a YAML alias refers to a node that holds it")
 	}
-	if total-written > MaxAliasNodes {
-		return worstLine, fmt.Errorf("YAML aliases expand the document by more than %d nodes: refused", MaxAliasNodes)
+	if total-written > max(MaxAliasNodes, written) {
+		return worstLine, fmt.Errorf("YAML aliases expand the document by more than %d nodes: refused", max(MaxAliasNodes, written))
 	}
 	return 0, nil
 }
