@@ -35,6 +35,35 @@ type Problem struct {
 	Message string `json:"message"`
 }
 
+// NewProblem returns a problem about no farm or backend in particular,
+// such as one with the options ("table", "mark_mask") or a limit.
+func NewProblem(field, message string) Problem {
+	return Problem{FarmIndex: -1, BackendIndex: -1, Field: field, Message: message}
+}
+
+// UnmarshalJSON reads what MarshalJSON writes. The indexes are not
+// written: they are -1 when the problem names no farm (backend), and 0
+// otherwise, so that Path names the farm and backend by name again.
+func (p *Problem) UnmarshalJSON(b []byte) error {
+	type plain Problem
+	var v struct {
+		plain
+		Path string `json:"path"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*p = Problem(v.plain)
+	p.FarmIndex, p.BackendIndex = -1, -1
+	if p.Farm != "" {
+		p.FarmIndex = 0
+	}
+	if p.Backend != "" {
+		p.BackendIndex = 0
+	}
+	return nil
+}
+
 // MarshalJSON adds the problem's Path to its fields.
 func (p Problem) MarshalJSON() ([]byte, error) {
 	type plain Problem

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -148,6 +149,26 @@ func TestParsePortRange(t *testing.T) {
 		}
 		if err != nil || got != tt.want {
 			t.Errorf("ParsePortRange(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestProblemJSONRoundTrip(t *testing.T) {
+	for _, p := range []Problem{
+		{File: "f.yaml", Line: 3, Farm: "web", FarmIndex: 4, Backend: "a", BackendIndex: 1, Field: "weight", Message: "bad"},
+		NewProblem("mark_mask", "not contiguous"),
+		{Farm: "web", FarmIndex: 2, BackendIndex: -1, Field: "ports", Message: "clash"},
+	} {
+		b, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Problem
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != p.String() {
+			t.Errorf("%s read back as %s (%s)", p, got, b)
 		}
 	}
 }
