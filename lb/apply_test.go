@@ -569,3 +569,29 @@ func TestPriorityPicksTheBestAvailable(t *testing.T) {
 		t.Errorf("Validate(priority 10) = %v", err)
 	}
 }
+
+func TestDeletedServiceIsRepairedWithTheSameBackendMarks(t *testing.T) {
+	s := farms(5)
+	b, k := installed(t, s, Options{})
+	before := b.marks.owner[objectKey{"f2", "app1"}]
+	f2 := b.marks.owner[objectKey{"f2", ""}]
+	for id, e := range k.elems[setServices4.Name] {
+		if nft.ParseMark(e.Value) == f2 {
+			delete(k.elems[setServices4.Name], id)
+		}
+	}
+	k.gen++
+	if err := b.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.marks.owner[objectKey{"f2", "app1"}]; got != before {
+		t.Errorf("backend mark changed from %#x to %#x by the repair", before, got)
+	}
+	_, fresh := installed(t, s, Options{})
+	if diff := compareKernels(k, fresh); diff != "" {
+		t.Error(diff)
+	}
+}

@@ -141,21 +141,35 @@ func adopt(kernel map[string][]nft.Element, shift int) (adopted, error) {
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
 	protos := map[string]uint8{}
-	// A farm record no service points to is left over from a change that
-	// did not finish: its farm mark's elements are orphans.
+	// A farm has one record, unless a change was cut short between its
+	// first and last transactions: then the record the services point to
+	// is the farm, and the other one's elements are orphans. A record no
+	// service points to is still the farm if it is the only one (its
+	// services were deleted behind our back): adopting it keeps its
+	// backends' marks, which live connections carry.
 	referenced := map[uint32]bool{}
 	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
 		for _, e := range kernel[set.Name] {
 			referenced[nft.ParseMark(e.Value)] = true
 		}
 	}
-	byMark := map[uint32]*Farm{}
+	records := map[string][]nft.Element{}
 	for _, e := range kernel[setFarms.Name] {
-		if !referenced[nft.ParseMark(e.Key)] {
-			continue
+		name := parseComment(e.Comment)["farm"]
+		records[name] = append(records[name], e)
+	}
+	byMark := map[uint32]*Farm{}
+	for _, name := range sortedKeys(records) {
+		rs := records[name]
+		e := rs[0]
+		for _, r := range rs {
+			if referenced[nft.ParseMark(r.Key)] {
+				e = r
+				break
+			}
 		}
 		kv := parseComment(e.Comment)
-		f := &Farm{Name: kv["farm"]}
+		f := &Farm{Name: name}
 		if err := f.parseComment(kv); err != nil {
 			return a, err
 		}

@@ -209,6 +209,11 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	if d.lock, err = acquireLock(opts.RunDir, d.nsFile, cfg.TableName(), where); err != nil {
 		return nil, err
 	}
+	// What the balancer leaves at Close spares the next start a full
+	// read-back while nothing changed in the namespace.
+	if d.lbOpts.StateFile, err = StateFile(opts.RunDir, d.nsFile, cfg.TableName()); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			d.lock.release()

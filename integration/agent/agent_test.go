@@ -545,7 +545,8 @@ func TestApplyRenderValidate(t *testing.T) {
 	if h := tableHandle(t, topo.Balancer.Namespace); h != "" {
 		t.Fatalf("render touched the kernel")
 	}
-	code, out := runBinary(t, 20*time.Second, "apply", path, "--netns", topo.Balancer.NetnsName())
+	runDir := filepath.Join(t.TempDir(), "run") // the instance lock and state file, private to the test
+	code, out := runBinary(t, 20*time.Second, "apply", "--run-dir", runDir, path, "--netns", topo.Balancer.NetnsName())
 	if code != 0 || !strings.Contains(out, "built") {
 		t.Fatalf("apply: exit %d\n%s", code, out)
 	}
@@ -557,10 +558,13 @@ func TestApplyRenderValidate(t *testing.T) {
 	}
 	r := spread(t, topo, vip, 300)
 	checkSplit(t, r.Counts, 1.0/3)
-	if code, out := runBinary(t, 20*time.Second, "apply", "--netns", topo.Balancer.NetnsName(), path); code != 0 || !strings.Contains(out, "already matches") {
+	if code, out := runBinary(t, 20*time.Second, "apply", "--run-dir", runDir, "--netns", topo.Balancer.NetnsName(), path); code != 0 || !strings.Contains(out, "already matches") {
 		t.Errorf("second apply: exit %d\n%s", code, out)
 	}
-	if code, out := runBinary(t, 20*time.Second, "apply", path, "--netns", "no-such-netns-l4nft"); code != 1 {
+	if states, _ := filepath.Glob(filepath.Join(runDir, "*.state")); len(states) != 1 {
+		t.Errorf("apply left %d state files in its run directory, want 1", len(states))
+	}
+	if code, out := runBinary(t, 20*time.Second, "apply", "--run-dir", runDir, path, "--netns", "no-such-netns-l4nft"); code != 1 {
 		t.Errorf("apply to a missing namespace: exit %d, want 1\n%s", code, out)
 	}
 }

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/l4nft/l4nft/agent/config"
+	"github.com/l4nft/l4nft/agent/daemon"
 	"github.com/l4nft/l4nft/lb"
-	"github.com/l4nft/l4nft/nft"
 )
 
 func applyCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -18,6 +19,7 @@ func applyCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	dryRun := fs.Bool("dry-run", false, "print what would change (as `l4nft diff`) and change nothing")
+	runDir := fs.String("run-dir", daemon.DefaultRunDir, "directory of the instance locks and state files (as `l4nft run`)")
 	return func(ctx context.Context, e *env, args []string) error {
 		file, err := oneArg(args, "FILE")
 		if err != nil {
@@ -45,8 +47,26 @@ func applyCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		defer stop()
 		opts := c.LBOptions()
 		opts.Logger = log
+		// Like the daemon, apply holds the namespace and table's
+		// instance lock (a running agent would undo what it sends), and
+		// keeps the balancer's state file beside it.
+		var nsFile *os.File
+		where := "this network namespace"
 		if *netns != "" {
-			opts.NetNS = nft.NetNSName(*netns)
+			if nsFile, err = os.Open(filepath.Join("/run/netns", *netns)); err != nil {
+				return fmt.Errorf("opening network namespace %q: %w", *netns, err)
+			}
+			defer nsFile.Close()
+			opts.NetNS = lb.NetNSFd(int(nsFile.Fd()))
+			where = fmt.Sprintf("network namespace %q", *netns)
+		}
+		lock, err := daemon.LockInstance(*runDir, nsFile, c.TableName(), where)
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+		if opts.StateFile, err = daemon.StateFile(*runDir, nsFile, c.TableName()); err != nil {
+			return err
 		}
 		b, err := lb.Open(ctx, opts)
 		if err != nil {
