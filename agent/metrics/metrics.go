@@ -60,6 +60,7 @@ type Metrics struct {
 	backendState, backendEffective             *prometheus.Desc
 	farmConns, farmPackets, farmBytes          *prometheus.Desc
 	farmAvailable                              *prometheus.Desc
+	drifted, repairs                           *prometheus.Desc
 }
 
 // New returns Metrics; call SetStatus before registering it.
@@ -94,6 +95,8 @@ func New() *Metrics {
 		farmPackets:      prometheus.NewDesc("l4nft_farm_packets_total", "Packets of the farm's connections through the balancer.", farm, nil),
 		farmBytes:        prometheus.NewDesc("l4nft_farm_bytes_total", "Bytes of the farm's connections through the balancer.", farm, nil),
 		farmAvailable:    prometheus.NewDesc("l4nft_farm_backends_available", "Backends of the farm taking new connections.", farm, nil),
+		drifted:          prometheus.NewDesc("l4nft_kernel_drifted", "1 while the kernel differs from the configuration and the repair has not succeeded.", nil, nil),
+		repairs:          prometheus.NewDesc("l4nft_drift_repairs_total", "Differences between the kernel and the configuration found and repaired.", nil, nil),
 	}
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
@@ -141,7 +144,8 @@ func (m *Metrics) ObserveReload(err error) {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.backendConns, m.backendPackets, m.backendBytes, m.backendHealthy,
-		m.backendWeight, m.backendState, m.backendEffective, m.farmConns, m.farmPackets, m.farmBytes, m.farmAvailable} {
+		m.backendWeight, m.backendState, m.backendEffective, m.farmConns, m.farmPackets, m.farmBytes, m.farmAvailable,
+		m.drifted, m.repairs} {
 		ch <- d
 	}
 }
@@ -166,6 +170,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		return 0
 	}
+	ch <- prometheus.MustNewConstMetric(m.drifted, prometheus.GaugeValue, b2f(st.Drifted))
+	ch <- prometheus.MustNewConstMetric(m.repairs, prometheus.CounterValue, float64(st.Repairs))
 	for _, f := range st.Farms {
 		available := 0
 		for _, b := range f.Backends {

@@ -26,7 +26,7 @@ func TestCollect(t *testing.T) {
 					Health: &health.Status{Type: health.TCP, Healthy: false}},
 				{Name: "app1", Weight: 2, State: lb.Up, Effective: lb.Up, Installed: true, Connections: 20, Packets: 200, Bytes: 2000},
 			},
-		}}}, nil
+		}}, Drifted: true, Repairs: 3}, nil
 	})
 	reg := prometheus.NewPedanticRegistry()
 	if err := m.Register(reg); err != nil {
@@ -70,10 +70,16 @@ l4nft_config_reloads_total{result="success"} 1
 # HELP l4nft_config_last_reload_successful 1 if the last reload of the configuration file succeeded.
 # TYPE l4nft_config_last_reload_successful gauge
 l4nft_config_last_reload_successful 0
+# HELP l4nft_kernel_drifted 1 while the kernel differs from the configuration and the repair has not succeeded.
+# TYPE l4nft_kernel_drifted gauge
+l4nft_kernel_drifted 1
+# HELP l4nft_drift_repairs_total Differences between the kernel and the configuration found and repaired.
+# TYPE l4nft_drift_repairs_total counter
+l4nft_drift_repairs_total 3
 `
 	names := []string{"l4nft_backend_connections_total", "l4nft_backend_healthy", "l4nft_backend_effective_state",
 		"l4nft_farm_backends_available", "l4nft_farm_bytes_total", "l4nft_apply_errors_total",
-		"l4nft_config_reloads_total", "l4nft_config_last_reload_successful"}
+		"l4nft_config_reloads_total", "l4nft_config_last_reload_successful", "l4nft_kernel_drifted", "l4nft_drift_repairs_total"}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
