@@ -1,6 +1,11 @@
-// Package testbed builds a throwaway topology of network namespaces with
-// real traffic in it, for l4nft's integration tests and the `l4nft demo`
-// command, and always tears it down again.
+// Package netlab builds throwaway network namespaces - a client, a
+// balancer, backends that answer with their own name - for `l4nft demo` and
+// for l4nft's tests, and always tears them down again. The namespaces are
+// unnamed by default, kept alive only by open file descriptors, so nothing
+// outlives the process.
+//
+// Helpers that take a testing.TB (ForTest, NamespaceForTest) live in
+// integration/testbed, which also re-exports this package's API.
 //
 // # Topology
 //
@@ -76,4 +81,4 @@
 //
 // Namespace.Command runs a program inside a namespace (named or not) through
 // nsenter(1).
-package testbed
+package netlab

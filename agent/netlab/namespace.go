@@ -1,10 +1,9 @@
-package testbed
+package netlab
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/l4nft/l4nft/nft"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,11 +11,13 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/l4nft/l4nft/nft"
 )
 
 // ErrClosed is returned (wrapped) by operations on a Namespace, or on
 // anything living in one, after it was closed.
-var ErrClosed = errors.New("testbed: namespace closed")
+var ErrClosed = errors.New("netlab: namespace closed")
 
 // BindMountDir is where named namespaces are bind-mounted, as by `ip netns add`.
 const BindMountDir = "/run/netns"

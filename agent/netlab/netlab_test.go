@@ -1,6 +1,6 @@
 //go:build linux
 
-package testbed_test
+package netlab_test
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/agent/netlab"
 )
 
 func requireRoot(t *testing.T) {
@@ -35,6 +35,37 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// forTest builds a topology and closes it when the test ends; the exported
+// helper, testbed.ForTest, lives in the test tree.
+func forTest(t *testing.T, opts netlab.Options) *netlab.Topology {
+	t.Helper()
+	bed, err := netlab.New(testContext(t), opts)
+	if err != nil {
+		t.Fatalf("failed to build topology: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := bed.Close(); err != nil {
+			t.Errorf("failed to tear down topology %s: %v", bed.ID, err)
+		}
+	})
+	return bed
+}
+
+// namespaceForTest creates an unnamed namespace, closed when the test ends.
+func namespaceForTest(t *testing.T, name string) *netlab.Namespace {
+	t.Helper()
+	n, err := netlab.NewNamespace(name, "")
+	if err != nil {
+		t.Fatalf("failed to create namespace: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("failed to close namespace %s: %v", name, err)
+		}
+	})
+	return n
 }
 
 // nsID returns the "net:[inode]" string the kernel shows for fd's namespace.
@@ -81,7 +112,7 @@ func hostLinks(t *testing.T) []string {
 
 func TestDirectTraffic(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Clients: 2, Backends: 3, Ports: []uint16{80, 8080}})
+	bed := forTest(t, netlab.Options{Clients: 2, Backends: 3, Ports: []uint16{80, 8080}})
 	ctx := testContext(t)
 
 	tests := []struct {
@@ -121,7 +152,7 @@ func TestDirectTraffic(t *testing.T) {
 
 func TestConnRoundTrip(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Backends: 1})
+	bed := forTest(t, netlab.Options{Backends: 1})
 	ctx := testContext(t)
 	c, b := bed.Clients[0], bed.Backends[0]
 
@@ -158,7 +189,7 @@ func TestConnRoundTrip(t *testing.T) {
 
 func TestStopStartServers(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Backends: 2})
+	bed := forTest(t, netlab.Options{Backends: 2})
 	ctx := testContext(t)
 	c, b0, b1 := bed.Clients[0], bed.Backends[0], bed.Backends[1]
 
@@ -202,7 +233,7 @@ func TestStopStartServers(t *testing.T) {
 
 func TestSpread(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Backends: 1, Ports: testbed.PortRange(8000, 8003)})
+	bed := forTest(t, netlab.Options{Backends: 1, Ports: netlab.PortRange(8000, 8003)})
 	ctx := testContext(t)
 	b := bed.Backends[0]
 	if want := []uint16{8000, 8001, 8002, 8003}; !slices.Equal(b.Ports, want) {
@@ -229,7 +260,7 @@ func TestSpread(t *testing.T) {
 
 func TestVIP(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Backends: 1})
+	bed := forTest(t, netlab.Options{Backends: 1})
 	ctx := testContext(t)
 	lb, c := bed.Balancer, bed.Clients[0]
 
@@ -304,10 +335,10 @@ func TestCommand(t *testing.T) {
 
 	for _, named := range []bool{false, true} {
 		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
-			bed := testbed.ForTest(t, testbed.Options{Backends: 1, Named: named})
+			bed := forTest(t, netlab.Options{Backends: 1, Named: named})
 			ctx := testContext(t)
 			for _, tt := range []struct {
-				ns   *testbed.Namespace
+				ns   *netlab.Namespace
 				addr netip.Addr
 			}{
 				{bed.Balancer.Namespace, bed.Balancer.ClientAddr4},
@@ -351,7 +382,7 @@ func TestCommand(t *testing.T) {
 
 func TestDo(t *testing.T) {
 	requireRoot(t)
-	bed := testbed.ForTest(t, testbed.Options{Backends: 1})
+	bed := forTest(t, netlab.Options{Backends: 1})
 	lb := bed.Balancer
 	hostNS, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
@@ -399,7 +430,7 @@ func TestDo(t *testing.T) {
 	}
 
 	for _, tt := range []struct {
-		ns   *testbed.Namespace
+		ns   *netlab.Namespace
 		key  string
 		want string
 	}{
@@ -432,7 +463,7 @@ func TestHostUntouched(t *testing.T) {
 	}
 	links, sysctls := hostLinks(t), read()
 
-	bed, err := testbed.New(testContext(t), testbed.Options{Clients: 2, Backends: 2})
+	bed, err := netlab.New(testContext(t), netlab.Options{Clients: 2, Backends: 2})
 	if err != nil {
 		t.Fatalf("failed to build test bed: %v", err)
 	}
@@ -453,7 +484,7 @@ func TestClose(t *testing.T) {
 	for _, named := range []bool{false, true} {
 		t.Run(fmt.Sprintf("named=%v", named), func(t *testing.T) {
 			before := openNetNSFDs(t)
-			bed, err := testbed.New(testContext(t), testbed.Options{Clients: 2, Backends: 2, Named: named, Prefix: "l4nft-test"})
+			bed, err := netlab.New(testContext(t), netlab.Options{Clients: 2, Backends: 2, Named: named, Prefix: "l4nft-test"})
 			if err != nil {
 				t.Fatalf("failed to build test bed: %v", err)
 			}
@@ -506,11 +537,11 @@ func TestClose(t *testing.T) {
 				if n.Fd() != -1 {
 					t.Errorf("%s: Fd() = %d after Close, want -1", n.Name(), n.Fd())
 				}
-				if err := n.Do(func() error { return nil }); !errors.Is(err, testbed.ErrClosed) {
+				if err := n.Do(func() error { return nil }); !errors.Is(err, netlab.ErrClosed) {
 					t.Errorf("%s: Do after Close returned %v, want ErrClosed", n.Name(), err)
 				}
 			}
-			if _, err := bed.Clients[0].Ask(testContext(t), "tcp", netip.AddrPortFrom(bed.Backends[0].Addr4, 80)); !errors.Is(err, testbed.ErrClosed) {
+			if _, err := bed.Clients[0].Ask(testContext(t), "tcp", netip.AddrPortFrom(bed.Backends[0].Addr4, 80)); !errors.Is(err, netlab.ErrClosed) {
 				t.Errorf("Ask after Close returned %v, want ErrClosed", err)
 			}
 		})
@@ -530,16 +561,16 @@ func TestNewFailure(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		ctx  context.Context
-		opts testbed.Options
+		opts netlab.Options
 	}{
-		{"too many backends", t.Context(), testbed.Options{Backends: testbed.MaxBackends + 1}},
-		{"port 0", t.Context(), testbed.Options{Ports: []uint16{80, 0}}},
-		{"name too long", t.Context(), testbed.Options{Named: true, Prefix: longPrefix}},
-		{"cancelled", cancelled, testbed.Options{}},
+		{"too many backends", t.Context(), netlab.Options{Backends: netlab.MaxBackends + 1}},
+		{"port 0", t.Context(), netlab.Options{Ports: []uint16{80, 0}}},
+		{"name too long", t.Context(), netlab.Options{Named: true, Prefix: longPrefix}},
+		{"cancelled", cancelled, netlab.Options{}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := openNetNSFDs(t)
-			bed, err := testbed.New(tt.ctx, tt.opts)
+			bed, err := netlab.New(tt.ctx, tt.opts)
 			if err == nil {
 				bed.Close()
 				t.Fatalf("New succeeded, want an error")
@@ -548,7 +579,7 @@ func TestNewFailure(t *testing.T) {
 			if after := openNetNSFDs(t); !slices.Equal(after, before) {
 				t.Errorf("namespace fds after failed New: %v, want %v", after, before)
 			}
-			leftovers, _ := filepath.Glob(filepath.Join(testbed.BindMountDir, longPrefix+"*"))
+			leftovers, _ := filepath.Glob(filepath.Join(netlab.BindMountDir, longPrefix+"*"))
 			if len(leftovers) > 0 {
 				t.Errorf("named namespaces left behind: %v", leftovers)
 			}
@@ -560,12 +591,12 @@ func TestNewFailure(t *testing.T) {
 // that the table lands in that namespace only.
 func TestNftablesFd(t *testing.T) {
 	requireRoot(t)
-	ns := testbed.NamespaceForTest(t, "nft")
+	ns := namespaceForTest(t, "nft")
 	conn, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
 	if err != nil {
 		t.Fatalf("failed to open nftables connection: %v", err)
 	}
-	name := "l4nft_testbed_" + strings.ReplaceAll(t.Name(), "/", "_")
+	name := "l4nft_netlab_" + strings.ReplaceAll(t.Name(), "/", "_")
 	conn.AddTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
 	if err := conn.Flush(); err != nil {
 		t.Fatalf("failed to add table: %v", err)
@@ -596,7 +627,7 @@ func TestNftablesFd(t *testing.T) {
 func TestEventually(t *testing.T) {
 	ctx := testContext(t)
 	n := 0
-	if err := testbed.Eventually(ctx, time.Millisecond, func(context.Context) error {
+	if err := netlab.Eventually(ctx, time.Millisecond, func(context.Context) error {
 		if n++; n < 3 {
 			return errors.New("not yet")
 		}
@@ -608,7 +639,7 @@ func TestEventually(t *testing.T) {
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
 	errNever := errors.New("never")
-	err := testbed.Eventually(short, time.Millisecond, func(context.Context) error { return errNever })
+	err := netlab.Eventually(short, time.Millisecond, func(context.Context) error { return errNever })
 	if !errors.Is(err, errNever) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Eventually = %v, want it to wrap both %v and %v", err, errNever, context.DeadlineExceeded)
 	}

@@ -1,4 +1,4 @@
-package testbed
+package netlab
 
 import (
 	"context"
@@ -20,7 +20,7 @@ const (
 	ClientPrefix6  = "2001:db8:c::/64"
 	BackendPrefix4 = "203.0.113.0/24"
 	BackendPrefix6 = "2001:db8:b::/64"
-	// VIPPrefix4 and VIPPrefix6 hold the addresses tests use as VIPs.
+	// VIPPrefix4 and VIPPrefix6 hold the addresses the demo and the tests use as VIPs.
 	VIPPrefix4 = "198.51.100.0/24"
 	VIPPrefix6 = "2001:db8:f::/64"
 )
@@ -94,7 +94,7 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Topology is a running test bed: a balancer namespace with clients on one
+// Topology is a running lab: a balancer namespace with clients on one
 // side and backends on the other. Close tears it down.
 type Topology struct {
 	// ID is random and part of every namespace name when Options.Named is set.
@@ -169,7 +169,7 @@ func New(ctx context.Context, opts Options) (*Topology, error) {
 	rand.Read(id[:])
 	t := &Topology{ID: hex.EncodeToString(id[:])}
 	if err := t.build(ctx, opts); err != nil {
-		return nil, errors.Join(fmt.Errorf("building test bed %s: %w", t.ID, err), t.Close())
+		return nil, errors.Join(fmt.Errorf("building topology %s: %w", t.ID, err), t.Close())
 	}
 	return t, nil
 }
@@ -392,7 +392,7 @@ func (t *Topology) Close() error {
 }
 
 // AddVIP adds vip to the balancer's loopback interface as a /32 or /128, so
-// the balancer accepts traffic for it. Tests use addresses from VIPPrefix4
+// the balancer accepts traffic for it. Use addresses from VIPPrefix4
 // and VIPPrefix6. Adding an address twice fails.
 func (b *Balancer) AddVIP(vip netip.Addr) error {
 	return b.changeVIP(vip, true)

@@ -15,7 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/agent/netlab"
 	"github.com/l4nft/l4nft/lb"
 	"github.com/l4nft/l4nft/nft"
 )
@@ -68,28 +68,28 @@ func runDemo(ctx context.Context, w io.Writer, o demoOptions) (err error) {
 	fmt.Fprintln(w)
 	buildCtx, cancelBuild := context.WithTimeout(ctx, 30*time.Second)
 	defer cancelBuild()
-	tb, err := testbed.New(buildCtx, testbed.Options{Clients: 1, Backends: 2, Ports: []uint16{demoPort}})
+	lab, err := netlab.New(buildCtx, netlab.Options{Clients: 1, Backends: 2, Ports: []uint16{demoPort}})
 	if err != nil {
 		return fmt.Errorf("building the sandbox: %w", err)
 	}
 	defer func() {
-		if cerr := tb.Close(); cerr != nil {
+		if cerr := lab.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("removing the sandbox: %w", cerr))
 			return
 		}
 		fmt.Fprintf(w, "Sandbox removed; nothing was changed outside it. (%s in all)\n", time.Since(start).Round(time.Millisecond))
 	}()
-	if err := tb.Balancer.AddVIP(demoVIP); err != nil {
+	if err := lab.Balancer.AddVIP(demoVIP); err != nil {
 		return err
 	}
-	client := tb.Clients[0]
-	be0, be1 := tb.Backends[0], tb.Backends[1]
-	fmt.Fprintf(w, "Sandbox %s: four network namespaces, removed at the end (also on Ctrl-C).\n\n", tb.ID)
+	client := lab.Clients[0]
+	be0, be1 := lab.Backends[0], lab.Backends[1]
+	fmt.Fprintf(w, "Sandbox %s: four network namespaces, removed at the end (also on Ctrl-C).\n\n", lab.ID)
 	line1 := fmt.Sprintf("  %s %s --> [balancer] %s:%d --+--> %s %s:%d  weight 1", client.Name(), client.Addr4, demoVIP, demoPort, be0.Name(), be0.Addr4, demoPort)
 	fork := strings.Index(line1, "+-->")
 	fmt.Fprintf(w, "%s\n%s+--> %s %s:%d  weight 2\n\n", line1, strings.Repeat(" ", fork), be1.Name(), be1.Addr4, demoPort)
 
-	bal, err := lb.Open(ctx, lb.Options{NetNS: nft.NetNSFd(tb.Balancer.Fd())})
+	bal, err := lb.Open(ctx, lb.Options{NetNS: nft.NetNSFd(lab.Balancer.Fd())})
 	if err != nil {
 		return err
 	}
@@ -180,7 +180,7 @@ type demoResult struct {
 
 // sendDemoTraffic makes n connections and records who answered and which
 // source address the backend saw.
-func sendDemoTraffic(ctx context.Context, c *testbed.Client, dst netip.AddrPort, n, concurrency int) demoResult {
+func sendDemoTraffic(ctx context.Context, c *netlab.Client, dst netip.AddrPort, n, concurrency int) demoResult {
 	r := demoResult{counts: map[string]int{}, sources: map[string][]netip.Addr{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
