@@ -49,6 +49,7 @@ func commands() []command {
 		{"render", "FILE", "print the nftables ruleset FILE gives, without touching the kernel", renderCmd},
 		{"status", "[--json]", "show farms, backends, health and counters of the running agent", statusCmd},
 		{"backend", "FARM NAME (--weight N | --state up|drain|down)", "change one backend through the running agent", backendCmd},
+		{"check", "[--socket PATH] [--timeout 2s]", "exit 0 if the agent runs and the kernel matches it, else 1 with the reason (keepalived track_script)", checkCmd},
 	}
 }
 
