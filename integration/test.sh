@@ -17,7 +17,7 @@ command -v go >/dev/null || { echo "Go 1.26 or later is needed on PATH (https://
 # byte; iptables: the benchmark's seed-design variants; iproute2 and
 # util-linux (nsenter): commands inside test namespaces; conntrack:
 # inspecting flows.
-packages=(nftables iptables iproute2 util-linux conntrack ca-certificates)
+packages=(nftables iptables iproute2 util-linux conntrack ca-certificates keepalived conntrackd)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

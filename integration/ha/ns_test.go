@@ -1,0 +1,27 @@
+package ha
+
+import (
+	"testing"
+
+	"github.com/l4nft/l4nft/integration/testbed"
+)
+
+// netNS is a network namespace kept alive by a file descriptor, from the
+// project's test bed; this file is the package's only tie to it.
+type netNS = testbed.Namespace
+
+// mustNamespace creates an unnamed network namespace for the test and
+// closes it when the test ends.
+func mustNamespace(t *testing.T, name string) *netNS {
+	t.Helper()
+	n, err := testbed.NewNamespace(name, "")
+	if err != nil {
+		t.Fatalf("failed to create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("failed to close namespace %s: %v", name, err)
+		}
+	})
+	return n
+}
