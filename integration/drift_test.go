@@ -67,8 +67,8 @@ func TestDriftIsNoticedAndRepaired(t *testing.T) {
 			if drifts.Load() == before {
 				t.Fatal("kick without a drift")
 			}
-			if err := b.Refresh(testContext(t)); err != nil {
-				t.Fatal(err)
+			if read, err := b.Refresh(testContext(t)); err != nil || !read {
+				t.Fatalf("Refresh = %v, %v; want a read-back", read, err)
 			}
 			res := mustApply(t, b, s)
 			if !res.Changed || res.Rebuilt != fault.rebuilt {

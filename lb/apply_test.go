@@ -470,8 +470,8 @@ func TestFlushedChainIsNoticedAndRebuilt(t *testing.T) {
 	b, k := installed(t, s, Options{})
 	k.rules[chainChoose] = nil // nft flush chain inet l4nft choose_backend
 	k.gen++
-	if err := b.Refresh(context.Background()); err != nil {
-		t.Fatal(err)
+	if read, err := b.Refresh(context.Background()); err != nil || !read {
+		t.Fatalf("Refresh after a foreign change = %v, %v; want a read-back", read, err)
 	}
 	res, err := b.Apply(context.Background(), s)
 	if err != nil {
@@ -581,7 +581,7 @@ func TestDeletedServiceIsRepairedWithTheSameBackendMarks(t *testing.T) {
 		}
 	}
 	k.gen++
-	if err := b.Refresh(context.Background()); err != nil {
+	if _, err := b.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Apply(context.Background(), s); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/l4nft/l4nft/nft"
@@ -42,6 +43,9 @@ type Balancer struct {
 	// gen is the ruleset generation after our last commit or read: while
 	// the kernel reports the same, nobody changed anything since.
 	gen uint32
+	// watching is set while Watch listens; foreign, when it reported a
+	// change to our table since the last read-back.
+	watching, foreign atomic.Bool
 }
 
 // Open connects to the namespace in opts and adopts the table if it
@@ -96,17 +100,26 @@ func (b *Balancer) Close() error {
 
 // Refresh makes sure the Balancer knows what the kernel holds, after
 // someone else may have changed or deleted the table: the next Apply then
-// repairs it. If the namespace's ruleset generation is the one seen after
-// the Balancer's last commit, nothing changed and it costs one netlink
-// round trip; otherwise it reads the table back, as Open does. It sends
-// nothing.
-func (b *Balancer) Refresh(ctx context.Context) error {
+// repairs it. It reports whether it read the table back. It does not when
+// the namespace's ruleset generation is the one seen after the Balancer's
+// last commit, nor, while Watch runs, when the changes since were all to
+// other tables: then it costs one netlink round trip. Otherwise it reads
+// the table back, as Open does. It sends nothing.
+func (b *Balancer) Refresh(ctx context.Context) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if gen, err := b.conn.Generation(); err == nil && gen == b.gen && b.gen != 0 {
-		return nil
+	gen, err := b.conn.Generation()
+	if err == nil && b.gen != 0 {
+		if gen == b.gen {
+			return false, nil
+		}
+		if b.watching.Load() && !b.foreign.Load() {
+			b.gen = gen // other tables changed; ours did not
+			return false, nil
+		}
 	}
-	return b.readKernel(ctx)
+	b.foreign.Store(false)
+	return true, b.readKernel(ctx)
 }
 
 // Options returns the options in effect, defaults filled in.
@@ -240,12 +253,25 @@ func sortElements(es []nft.Element) []nft.Element {
 // smallest difference: a changed farm's elements, or the whole table if
 // its chains, rules or sets are not what they should be. Changes made by
 // this process do not count.
+//
+// While it runs, Refresh skips the read-back when the namespace's ruleset
+// changed in other tables only, which on a host where other programs
+// change their rules all the time saves a full read every time.
 func (b *Balancer) Watch(ctx context.Context, drifted func()) error {
 	w, ok := b.conn.(interface {
-		Watch(ctx context.Context, table string, changed func()) error
+		Watch(ctx context.Context, table string, ready, changed func()) error
 	})
 	if !ok {
 		return errors.New("this kernel connection cannot watch for changes")
 	}
-	return w.Watch(ctx, b.opts.Table, drifted)
+	defer b.watching.Store(false)
+	return w.Watch(ctx, b.opts.Table, func() {
+		// Changes made before the watcher listened are unknown: the
+		// next Refresh reads back once.
+		b.foreign.Store(true)
+		b.watching.Store(true)
+	}, func() {
+		b.foreign.Store(true)
+		drifted()
+	})
 }

@@ -270,7 +270,9 @@ func TestWatchReportsForeignChangesOnly(t *testing.T) {
 	}
 	events := make(chan struct{}, 100)
 	done := make(chan error, 1)
-	go func() { done <- c.Watch(ctx, "t", func() { events <- struct{}{} }) }()
+	listening := make(chan struct{})
+	go func() { done <- c.Watch(ctx, "t", func() { close(listening) }, func() { events <- struct{}{} }) }()
+	<-listening
 	// Our own commits: nothing to report. Give the watcher time to join
 	// the group by committing until a foreign change is seen below.
 	for i := range uint32(20) {

@@ -27,7 +27,10 @@ import (
 // NFNLGRP_NFTABLES group), which the kernel sends for every object and
 // element a transaction changes, anyone's: on a busy host that is a
 // steady stream to read, and reading is all Watch does with most of it.
-func (c *Conn) Watch(ctx context.Context, table string, changed func()) error {
+//
+// ready, if not nil, is called once Watch listens: changes committed before
+// are not reported.
+func (c *Conn) Watch(ctx context.Context, table string, ready, changed func()) error {
 	c.mu.Lock()
 	if c.ns == nil {
 		c.mu.Unlock()
@@ -43,6 +46,9 @@ func (c *Conn) Watch(ctx context.Context, table string, changed func()) error {
 		return &OpError{Op: "watch", Object: "table " + table, Err: err}
 	}
 	_ = nl.SetReadBuffer(socketBuffer)
+	if ready != nil {
+		ready()
+	}
 	stop := context.AfterFunc(ctx, func() { nl.Close() })
 	defer stop()
 

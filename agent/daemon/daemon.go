@@ -71,8 +71,10 @@ type Options struct {
 	// WatchInterval is how often the file is polled for changes; default
 	// DefaultWatchInterval, negative disables polling (SIGHUP still works).
 	WatchInterval time.Duration
-	// ResyncInterval is how often the kernel is re-read and repaired;
-	// default DefaultResyncInterval, negative disables it.
+	// ResyncInterval is how often the kernel is checked and repaired;
+	// default DefaultResyncInterval. Another program's change to the
+	// table is repaired at once besides (lb.Balancer.Watch). Negative
+	// disables both: drift is then repaired only on SIGHUP.
 	ResyncInterval time.Duration
 	// RunDir holds the instance locks; default DefaultRunDir.
 	RunDir string
@@ -374,10 +376,22 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	retry.Stop()
 	defer retry.Stop()
 	var backoff time.Duration // the wait before the armed retry; 0 when none is armed
+	// Another program's change to our table is repaired at once; the
+	// resync tick stays as a backstop (and costs one round trip when
+	// nothing changed).
+	drift := make(chan struct{}, 1)
+	if d.opts.ResyncInterval >= 0 {
+		go d.watch(ctx, drift)
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-drift:
+			d.log.Info("another program changed the table")
+			if err := d.Resync(ctx); err != nil {
+				d.log.Error("re-reading the kernel failed", "err", err)
+			}
 		case <-reload:
 			d.log.Info("reload requested")
 			d.hangup(ctx)
@@ -417,6 +431,20 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	}
 }
 
+// watch reports on drift another program's changes to the table, until
+// ctx is done.
+func (d *Daemon) watch(ctx context.Context, drift chan<- struct{}) {
+	err := d.bal.Watch(ctx, func() {
+		select {
+		case drift <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("watching the kernel for changes failed; relying on the resync interval", "err", err)
+	}
+}
+
 // nextBackoff doubles the wait between retries, from minRetry up to
 // maxRetry.
 func nextBackoff(cur time.Duration) time.Duration {
@@ -441,7 +469,7 @@ func (d *Daemon) failingLocked() bool {
 func (d *Daemon) hangup(ctx context.Context) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.bal.Refresh(ctx); err != nil {
+	if _, err := d.bal.Refresh(ctx); err != nil {
 		d.log.Error("re-reading the kernel failed", "err", err)
 	}
 	before := d.applies
@@ -591,8 +619,12 @@ func (d *Daemon) recordLocked(reason string, res lb.Result, err error) error {
 func (d *Daemon) Resync(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.bal.Refresh(ctx); err != nil {
+	read, err := d.bal.Refresh(ctx)
+	if err != nil {
 		return fmt.Errorf("re-reading the kernel: %w", err)
+	}
+	if !read && !d.failingLocked() && !d.info.drifted {
+		return nil // nothing changed in our table: nothing to compare
 	}
 	return d.repairLocked(ctx, "resync")
 }
