@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ func demoCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return usagef("--connections and --concurrency must be at least 1")
 		}
 		if os.Geteuid() != 0 {
-			return errors.New("the demo creates network namespaces and needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): run `sudo l4nft demo`")
+			return rerunAsRoot(ctx, e)
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -55,6 +56,26 @@ func demoCmd(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		}()
 		return runDemo(ctx, e.stdout, demoOptions{conns: *conns, concurrency: *concurrency, ruleset: !*quiet})
 	}
+}
+
+// rerunAsRoot runs this same binary and command again through sudo: the
+// demo creates network namespaces, which needs root, and `go run
+// ./agent/cmd/l4nft demo` should work for a user with sudo as it does for
+// root (`sudo go run` fails where Go is not on sudo's PATH).
+func rerunAsRoot(ctx context.Context, e *env) error {
+	const need = "the demo creates network namespaces and needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)"
+	sudo, err := exec.LookPath("sudo")
+	if err != nil {
+		return errors.New(need + ", and sudo is not installed: run it as root")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s: finding this program to run it through sudo: %w", need, err)
+	}
+	fmt.Fprintf(e.stderr, "%s: running it through sudo\n", need)
+	cmd := exec.CommandContext(ctx, sudo, append([]string{"--", self}, os.Args[1:]...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, e.stdout, e.stderr
+	return cmd.Run()
 }
 
 type demoOptions struct {
