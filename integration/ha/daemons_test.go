@@ -326,6 +326,11 @@ func (n *node) farmFlows() (map[flowKey]uint32, error) {
 // startKeepalived runs keepalived (VRRP only) in the foreground.
 func (h *haNode) startKeepalived(t *testing.T) {
 	t.Helper()
+	// A killed keepalived leaves its pid files, and refuses to start
+	// again if their pids were reused since.
+	for _, f := range []string{"keepalived.pid", "vrrp.pid"} {
+		os.Remove(filepath.Join(h.dir, f))
+	}
 	h.keepalived = startProc(t, h.ns, "keepalived-"+h.name+".log", "keepalived",
 		"--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
 		"-f", filepath.Join(h.dir, "keepalived.conf"),
@@ -353,6 +358,9 @@ func (h *haNode) waitMaster(timeout time.Duration) error {
 // waitBackup waits until the notify script reported BACKUP.
 func (h *haNode) waitBackup(timeout time.Duration) error {
 	return eventually(timeout, func() error {
+		if !h.keepalived.running() {
+			return fmt.Errorf("keepalived on %s exited", h.name)
+		}
 		if !strings.Contains(h.notifyText(), "is now BACKUP") {
 			return fmt.Errorf("%s has not become backup", h.name)
 		}

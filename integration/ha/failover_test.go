@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -101,7 +102,8 @@ func TestFailback(t *testing.T) {
 	if err := a.setLinks(true, true); err != nil {
 		t.Fatal(err)
 	}
-	a.startConntrackd(t) // StartupResync: asks B for everything
+	os.Remove(a.notifyLog) // from here on, only the new run's transitions
+	a.startConntrackd(t)   // StartupResync: asks B for everything
 	a.startKeepalived(t)
 	if err := a.waitBackup(15 * time.Second); err != nil {
 		t.Fatal(err)

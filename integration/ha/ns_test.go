@@ -3,18 +3,18 @@ package ha
 import (
 	"testing"
 
-	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/agent/netlab"
 )
 
-// netNS is a network namespace kept alive by a file descriptor, from the
-// project's test bed; this file is the package's only tie to it.
-type netNS = testbed.Namespace
+// netNS is a network namespace kept alive by a file descriptor, from
+// agent/netlab; this file is the package's only tie to it.
+type netNS = netlab.Namespace
 
 // mustNamespace creates an unnamed network namespace for the test and
 // closes it when the test ends.
 func mustNamespace(t *testing.T, name string) *netNS {
 	t.Helper()
-	n, err := testbed.NewNamespace(name, "")
+	n, err := netlab.NewNamespace(name, "")
 	if err != nil {
 		t.Fatalf("failed to create namespace %s: %v", name, err)
 	}
