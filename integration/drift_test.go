@@ -103,11 +103,7 @@ func markHex(m uint32) string {
 
 // normalizeCounters drops the counters' values from a listing.
 func normalizeCounters(s string) string {
-	var out []string
-	for _, f := range strings.Fields(s) {
-		out = append(out, f)
-	}
-	joined := strings.Join(out, " ")
+	joined := strings.Join(strings.Fields(s), " ")
 	for {
 		i := strings.Index(joined, "counter packets ")
 		if i < 0 {
