@@ -28,4 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-exec go test ${sudo:+-exec sudo} -count=1 ./... "$@"
+# Packages given (./something) replace ./...; other arguments are flags.
+pkgs=(./...)
+for a in "$@"; do
+	case "$a" in ./*) pkgs=() ;; esac
+done
+exec go test ${sudo:+-exec sudo} -count=1 "$@" "${pkgs[@]}"
