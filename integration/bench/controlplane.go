@@ -457,14 +457,25 @@ func countInstalled(ns *testbed.Namespace) (string, error) {
 	}
 	slices.SortFunc(sets, func(a, b nft.Set) int { return strings.Compare(a.Name, b.Name) })
 	var parts []string
+	// The schedule is split over numbered maps (schedule00, ...): one
+	// count for all of them.
+	shards, shardElems := 0, 0
 	for _, set := range sets {
 		es, err := conn.Elements(lb.DefaultTable, set)
 		if err != nil {
 			return "", fmt.Errorf("reading set %s back: %w", set.Name, err)
 		}
+		if rest, ok := strings.CutPrefix(set.Name, "schedule"); ok && rest != "" && strings.Trim(rest, "0123456789") == "" {
+			shards++
+			shardElems += len(es)
+			continue
+		}
 		if len(es) > 0 {
 			parts = append(parts, fmt.Sprintf("%s=%d", set.Name, len(es)))
 		}
+	}
+	if shards > 0 {
+		parts = append(parts, fmt.Sprintf("schedule00-%02d=%d", shards-1, shardElems))
 	}
 	chains, err := conn.Chains(lb.DefaultTable)
 	if err != nil {

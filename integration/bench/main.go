@@ -137,7 +137,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 1
 	}
-	logf("wrote %s and %s", cfg.Out, plotPath(cfg.Out))
+	if res.DataPlane != nil {
+		logf("wrote %s and %s", cfg.Out, plotPath(cfg.Out))
+	} else {
+		logf("wrote %s", cfg.Out)
+	}
 	return 0
 }
 

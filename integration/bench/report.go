@@ -201,8 +201,12 @@ func renderMarkdown(cfg config, res *results) string {
 	p("- Software: %s; %s; %s\n", m.Go, m.Iptables, m.Nft)
 	p("- Code: %s\n", m.Revision)
 	p("- Command (as root, from the repository root): `%s`\n", cfg.Command)
-	p("- Settings: %d repetitions (medians reported), %v measured + %v warm-up per data-plane point, %d concurrent clients, sizes %v farms of 2 backends\n\n",
-		cfg.Reps, cfg.Duration, cfg.Warmup, cfg.Workers, cfg.Sizes)
+	if res.DataPlane != nil {
+		p("- Settings: %d repetitions (medians reported), %v measured + %v warm-up per data-plane point, %d concurrent clients, sizes %v farms of 2 backends\n\n",
+			cfg.Reps, cfg.Duration, cfg.Warmup, cfg.Workers, cfg.Sizes)
+	} else {
+		p("- Settings: %d repetitions (medians reported), sections %s, sizes %v farms of 2 backends\n\n", cfg.Reps, strings.Join(cfg.Sections, ","), cfg.Sizes)
+	}
 	if res.DataPlane != nil {
 		p("![ops/s ratio to floor vs farms](%s)\n\n", "ratio.svg")
 	}
@@ -223,7 +227,7 @@ func renderMarkdown(cfg config, res *results) string {
 	if res.DataPlane != nil {
 		bridgeNF = res.DataPlane.BridgeNF
 	}
-	renderMethod(&b, cfg, bridgeNF)
+	renderMethod(&b, cfg, res.DataPlane != nil, bridgeNF)
 	return b.String()
 }
 
@@ -494,20 +498,25 @@ func renderLimits(b *strings.Builder) {
 `, headLimits)
 }
 
-func renderMethod(b *strings.Builder, cfg config, bridgeNF string) {
+func renderMethod(b *strings.Builder, cfg config, dataPlane bool, bridgeNF string) {
+	reps, workers := fmt.Sprintf("%d times", cfg.Reps), fmt.Sprint(cfg.Workers)
+	if !dataPlane {
+		// The data-plane sections, if any, were kept from an earlier run.
+		reps, workers = "-reps times (in the run that measured the data plane)", "-workers"
+	}
 	fmt.Fprintf(b, `%s
 
 - Topology (package integration/testbed): per data-plane variant a test bed of its own - one client namespace, one balancer namespace, two backend namespaces whose TCP servers answer with their own name - so each balancer namespace only ever holds its own variant's rules. Farm i listens on VIP 198.51.100.(1 + i/50), port 10000 + i%%50; every farm points at the same two backends (203.0.113.10 and .11, port 80). The measured farm is the last one (the last rules of the seed design's lists).
 - Variants: **l4nft** - the lb library, NAT mode with Source = VIP; **iptables-legacy** / **iptables-nft** - the seed design generated for S farms (mangle CONNMARK restore, one `+"`statistic --mode random`"+` MARK rule per backend in the cascade order of the article, CONNMARK save on NEW, nat DNAT and POSTROUTING SNAT to the VIP by mark), loaded with iptables-legacy-restore / iptables-nft-restore; **floor** - one static nftables DNAT rule to the first backend and one SNAT rule back to the VIP (`+"`nft -f`"+`); **direct** - the client connects to the first backend's own address, routed by the balancer, which has no netfilter hook (so no conntrack) at all.
-- Interleaving: for each size, every variant installs its rules once, then the variants run in turn, l4nft, iptables-legacy, iptables-nft, floor, direct, and again, %d times; each visit measures new connections then established flows, each after flushing the balancer's conntrack table. Medians over the repetitions are reported; errors and splits are summed.
-- Load: a child process of the suite started inside the client namespace runs %d concurrent Go clients (netpoller sockets) for a fixed time after a warm-up. New-connection clients close with SO_LINGER 0 (a reset): no TIME_WAIT on the client, so ports are reused at once; the client's ephemeral range is widened to 1024-65535; the balancer's conntrack table is flushed before every point. Latency is per operation, from dial to close (or per round trip).
+- Interleaving: for each size, every variant installs its rules once, then the variants run in turn, l4nft, iptables-legacy, iptables-nft, floor, direct, and again, %s; each visit measures new connections then established flows, each after flushing the balancer's conntrack table. Medians over the repetitions are reported; errors and splits are summed.
+- Load: a child process of the suite started inside the client namespace runs %s concurrent Go clients (netpoller sockets) for a fixed time after a warm-up. New-connection clients close with SO_LINGER 0 (a reset): no TIME_WAIT on the client, so ports are reused at once; the client's ephemeral range is widened to 1024-65535; the balancer's conntrack table is flushed before every point. Latency is per operation, from dial to close (or per round trip).
 - Bridge netfilter: the balancer namespace's bridges hand frames to the IP hooks when net.bridge.bridge-nf-call-iptables is 1 (the kernel's default for a new namespace; here it read %q). It costs every variant alike.
 - Everything shares the same %d cores: clients, backends' servers and the balancer's kernel work. A ratio to floor therefore includes the client's and servers' costs, as a real single-box comparison would.
 - CPU accounting: around every point the suite reads /proc/stat and its own and the load generator's rusage. CPU/op is (the suite's CPU time + the load generator's + the machine's softirq time, where the balancer's forwarding and netfilter work runs, capped at the machine's busy time since the kernel may charge softirq time to the interrupted task as well) / successful operations, warm-up included; "CPU ratio" is floor's CPU/op over the variant's. "Other load" is the machine's remaining busy time as a share of all its CPUs: work by other processes on the machine during the point. Throughput drops when other load rises; CPU/op hardly does.
 - Control plane: namespaces of their own, no traffic. Peak memory: before each install the Go heap is returned to the OS and the process's peak resident set reset (`+"`echo 5 > /proc/self/clear_refs`"+`); the table reports the rise of VmHWM over the resident set before the install, and the Go heap allocated by it (runtime.MemStats.TotalAlloc). After the first install, the l4nft table is read back from the kernel and its elements counted.
 - Needs root and the Debian packages iptables (iptables-legacy-restore, iptables-nft-restore) and nftables (nft). Conntrack is flushed through netlink, so conntrack(8) is not needed.
 
-`, headMethod, cfg.Reps, cfg.Workers, bridgeNF, runtime.NumCPU())
+`, headMethod, reps, workers, bridgeNF, runtime.NumCPU())
 }
 
 func fmtDur(d time.Duration) string {
