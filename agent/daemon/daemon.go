@@ -709,20 +709,23 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		st.ApplyError = in.applyErr.Error()
 	}
 	for _, f := range farms {
-		fs := FarmStatus{Name: f.Name, Address: f.Address, Ports: f.Ports, Protocol: f.Protocol, Mode: f.Mode,
-			Scheduler: f.Scheduler, Source: f.Source, Backends: make([]BackendStatus, 0, len(f.Backends))}
-		lf := installed[f.Name]
-		for _, b := range f.Backends {
-			k := health.Key{Farm: f.Name, Backend: b.Name}
-			bs := BackendStatus{Name: b.Name, Address: b.Address, Port: b.Port, Weight: b.Weight, State: b.State}
-			if lf != nil {
-				if i := slices.IndexFunc(lf.Backends, func(x lb.BackendStatus) bool { return x.Name == b.Name }); i >= 0 {
-					in := &lf.Backends[i]
-					bs.Installed, bs.Effective, bs.Mark = true, in.State, in.Mark
-					bs.Connections, bs.Packets, bs.Bytes = in.Connections, in.Packets, in.Bytes
-				}
+		fs := FarmStatus{Backends: make([]BackendStatus, 0, len(f.Backends))}
+		fs.Farm = f.Farm
+		fs.Farm.Backends = nil
+		var live map[string]*lb.BackendStatus
+		if lf := installed[f.Name]; lf != nil {
+			live = make(map[string]*lb.BackendStatus, len(lf.Backends))
+			for i := range lf.Backends {
+				live[lf.Backends[i].Name] = &lf.Backends[i]
 			}
-			if h, ok := d.mon.Status(k); ok {
+		}
+		for _, b := range f.Backends {
+			bs := BackendStatus{BackendStatus: lb.BackendStatus{Backend: b.Backend}}
+			if in := live[b.Name]; in != nil {
+				bs.Installed, bs.Effective, bs.Mark = true, in.State, in.Mark
+				bs.Connections, bs.Packets, bs.Bytes = in.Connections, in.Packets, in.Bytes
+			}
+			if h, ok := d.mon.Status(health.Key{Farm: f.Name, Backend: b.Name}); ok {
 				bs.Health = &h
 			}
 			fs.Connections += bs.Connections

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/l4nft/l4nft/agent/health"
@@ -60,42 +59,25 @@ type ApplyInfo struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// FarmStatus is a farm with its counters.
+// FarmStatus is a farm as configured, with its backends' live state and
+// counters: the library's lb.FarmStatus, whose Backends this one's replace.
 type FarmStatus struct {
-	Name      string         `json:"name"`
-	Address   netip.Addr     `json:"address"`
-	Ports     []lb.PortRange `json:"ports"`
-	Protocol  lb.Protocol    `json:"protocol"`
-	Mode      lb.Mode        `json:"mode"`
-	Scheduler lb.Scheduler   `json:"scheduler"`
-	Source    netip.Addr     `json:"source,omitzero"`
-	// Connections, Packets and Bytes add up the backends'.
-	Connections uint64          `json:"connections"`
-	Packets     uint64          `json:"packets"`
-	Bytes       uint64          `json:"bytes"`
-	Backends    []BackendStatus `json:"backends"`
+	lb.FarmStatus
+	Backends []BackendStatus `json:"backends"`
 }
 
-// BackendStatus is a backend with its health and counters.
+// BackendStatus is a backend as configured, with its mark and counters
+// (the library's lb.BackendStatus), the state installed and its health.
 type BackendStatus struct {
-	Name    string     `json:"name"`
-	Address netip.Addr `json:"address"`
-	Port    uint16     `json:"port,omitempty"`
-	Weight  int        `json:"weight"`
-	// State is the operator's (the file's); Effective the one installed,
-	// which is drain when health failed.
-	State     lb.BackendState `json:"state"`
+	lb.BackendStatus
+	// Effective is the state installed, which is drain when health failed
+	// (State is the operator's, the file's).
 	Effective lb.BackendState `json:"effective_state"`
 	// Installed is false if the backend is not in the kernel (an apply
 	// failed); Effective and the counters are then meaningless.
 	Installed bool `json:"installed"`
 	// Health is nil when the backend is not checked.
 	Health *health.Status `json:"health,omitempty"`
-	// Mark is the conntrack mark of the backend's connections.
-	Mark        uint32 `json:"mark"`
-	Connections uint64 `json:"connections"`
-	Packets     uint64 `json:"packets"`
-	Bytes       uint64 `json:"bytes"`
 }
 
 // Healthy reports whether the backend passes its checks (or has none).

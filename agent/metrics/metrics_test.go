@@ -20,11 +20,12 @@ func TestCollect(t *testing.T) {
 	m := New()
 	m.SetStatus(func(context.Context) (daemon.Status, error) {
 		return daemon.Status{Farms: []daemon.FarmStatus{{
-			Name: "web", Address: netip.MustParseAddr("198.51.100.250"), Connections: 30, Packets: 300, Bytes: 3000,
+			FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "web", Address: netip.MustParseAddr("198.51.100.250")}, Connections: 30, Packets: 300, Bytes: 3000},
 			Backends: []daemon.BackendStatus{
-				{Name: "app0", Weight: 1, State: lb.Up, Effective: lb.Drain, Installed: true, Connections: 10, Packets: 100, Bytes: 1000,
-					Health: &health.Status{Type: health.TCP, Healthy: false}},
-				{Name: "app1", Weight: 2, State: lb.Up, Effective: lb.Up, Installed: true, Connections: 20, Packets: 200, Bytes: 2000},
+				{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app0", Weight: 1, State: lb.Up}, Connections: 10, Packets: 100, Bytes: 1000},
+					Effective: lb.Drain, Installed: true, Health: &health.Status{Type: health.TCP, Healthy: false}},
+				{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app1", Weight: 2, State: lb.Up}, Connections: 20, Packets: 200, Bytes: 2000},
+					Effective: lb.Up, Installed: true},
 			},
 		}}, Drifted: true, Repairs: 3}, nil
 	})

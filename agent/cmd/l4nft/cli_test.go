@@ -11,6 +11,7 @@ import (
 
 	"github.com/l4nft/l4nft/agent/daemon"
 	"github.com/l4nft/l4nft/agent/health"
+	"github.com/l4nft/l4nft/lb"
 )
 
 // mustRun runs the command line in-process and returns the exit code,
@@ -148,9 +149,9 @@ func TestPrintStatus(t *testing.T) {
 		LastApply:   daemon.ApplyInfo{Time: now, Reason: "start", Changed: true, Rebuilt: true, Messages: 41},
 		LastChange:  daemon.ApplyInfo{Time: now, Reason: "start", Changed: true, Rebuilt: true, Messages: 41},
 		ConfigError: &daemon.ConfigError{Time: now, Message: "bad"},
-		Farms: []daemon.FarmStatus{{Name: "web", Backends: []daemon.BackendStatus{
-			{Name: "app0", Weight: 1, Installed: true, Health: &health.Status{Type: health.TCP}, Connections: 5},
-			{Name: "app1", Weight: 2, Installed: true},
+		Farms: []daemon.FarmStatus{{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "web"}}, Backends: []daemon.BackendStatus{
+			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app0", Weight: 1}, Connections: 5}, Installed: true, Health: &health.Status{Type: health.TCP}},
+			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app1", Weight: 2}}, Installed: true},
 		}}}}
 	var b bytes.Buffer
 	printStatus(&b, st, now)
