@@ -396,8 +396,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 			d.log.Info("reload requested")
 			d.hangup(ctx)
 		case <-watch.C:
+			l := d.listFiles() // the stats, without the lock
 			d.mu.Lock()
-			d.reloadLocked(ctx, true)
+			d.reloadListedLocked(ctx, true, l)
 			d.mu.Unlock()
 		case <-resync.C:
 			if err := d.Resync(ctx); err != nil {

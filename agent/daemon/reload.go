@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/l4nft/l4nft/agent/config"
@@ -39,9 +40,34 @@ type changedFile struct {
 
 // scanLocked returns the files that changed since they were loaded.
 func (d *Daemon) scanLocked() ([]changedFile, error) {
+	return d.compareLocked(d.listFiles())
+}
+
+// fileList is what the configuration's files look like on disk now:
+// read without the daemon's lock, since in a directory of 10,000 farms it
+// costs 10,000 stats, and a change must not wait for them.
+type fileList struct {
+	main    config.FileMeta // the file, or the directory's main file
+	mainErr error
+	farms   []config.File // a directory's farm files
+	err     error
+}
+
+func (d *Daemon) listFiles() fileList {
+	var l fileList
+	if !d.dir {
+		l.main, l.mainErr = config.Stat(d.opts.ConfigPath)
+		return l
+	}
+	l.main, l.mainErr = config.Stat(config.MainPath(d.opts.ConfigPath))
+	l.farms, l.err = config.FarmFiles(d.opts.ConfigPath)
+	return l
+}
+
+// compareLocked returns the files of l that differ from those loaded.
+func (d *Daemon) compareLocked(l fileList) ([]changedFile, error) {
 	var out []changedFile
-	check := func(path string) error {
-		m, err := config.Stat(path)
+	check := func(path string, m config.FileMeta, err error) error {
 		known, ok := d.files[path]
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -56,7 +82,7 @@ func (d *Daemon) scanLocked() ([]changedFile, error) {
 		return nil
 	}
 	if !d.dir {
-		if err := check(d.opts.ConfigPath); err != nil {
+		if err := check(d.opts.ConfigPath, l.main, l.mainErr); err != nil {
 			return nil, err
 		}
 		if len(out) == 1 && out[0].removed {
@@ -64,16 +90,14 @@ func (d *Daemon) scanLocked() ([]changedFile, error) {
 		}
 		return out, nil
 	}
-	main := config.MainPath(d.opts.ConfigPath)
-	if err := check(main); err != nil {
+	if err := check(config.MainPath(d.opts.ConfigPath), l.main, l.mainErr); err != nil {
 		return nil, err
 	}
-	list, err := config.FarmFiles(d.opts.ConfigPath)
-	if err != nil {
-		return nil, err
+	if l.err != nil {
+		return nil, l.err
 	}
-	present := make(map[string]bool, len(list))
-	for _, f := range list {
+	present := make(map[string]bool, len(l.farms))
+	for _, f := range l.farms {
 		present[f.Path] = true
 		if known, ok := d.files[f.Path]; !ok || known.Meta != f.Meta {
 			out = append(out, changedFile{path: f.Path, meta: f.Meta})
@@ -84,15 +108,7 @@ func (d *Daemon) scanLocked() ([]changedFile, error) {
 			out = append(out, changedFile{path: p, removed: true})
 		}
 	}
-	slices.SortFunc(out, func(a, b changedFile) int {
-		if a.path < b.path {
-			return -1
-		}
-		if a.path > b.path {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b changedFile) int { return strings.Compare(a.path, b.path) })
 	return out, nil
 }
 
@@ -107,7 +123,13 @@ type readFile struct {
 // being written in place can be caught half written, and half a file may
 // well be valid YAML.
 func (d *Daemon) reloadLocked(ctx context.Context, settle bool) error {
-	changed, err := d.scanLocked()
+	return d.reloadListedLocked(ctx, settle, d.listFiles())
+}
+
+// reloadListedLocked is reloadLocked with the files as listed, perhaps
+// without the lock, a moment ago.
+func (d *Daemon) reloadListedLocked(ctx context.Context, settle bool, l fileList) error {
+	changed, err := d.compareLocked(l)
 	if err != nil {
 		if d.info.configErr == nil || d.info.configErr.Message != err.Error() {
 			d.rejectLocked(err, nil)
