@@ -21,7 +21,7 @@ func bigConfig(tb testing.TB, n int) *Config {
 
 // go test -run '^$' -bench . ./agent/config/
 func BenchmarkParseAndValidate10k(b *testing.B) {
-	data, _ := bigConfig(b, 10000).MarshalYAML()
+	data := bigConfig(b, 10000).EncodeYAML()
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
 		if _, err := ParseAndValidate("big.yaml", data); err != nil {
@@ -33,7 +33,7 @@ func BenchmarkParseAndValidate10k(b *testing.B) {
 func BenchmarkMarshal10k(b *testing.B) {
 	c := bigConfig(b, 10000)
 	for b.Loop() {
-		c.MarshalYAML()
+		c.EncodeYAML()
 	}
 }
 

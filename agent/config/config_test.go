@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"go.yaml.in/yaml/v3"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -224,11 +225,19 @@ api: {socket: /tmp/x.sock, listen: "127.0.0.1:9100", token_file: /etc/token}
 			t.Errorf("%s: round trip mismatch (-want +got):\n%s\n%s", name, diff, b)
 		}
 	}
-	b, _ := c.MarshalYAML()
+	b := c.EncodeYAML()
 	for _, want := range []string{"mark_mask: \"0x00ff0000\"", "- \"443\"", "- 8000-8010", "interval: 2s"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("YAML lacks %q:\n%s", want, b)
 		}
+	}
+	// yaml.Marshal of a Config writes what Parse reads back.
+	m, err := yaml.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c, mustParse(t, "marshalled.yaml", string(m)), cmpConfig); diff != "" {
+		t.Errorf("yaml.Marshal round trip mismatch (-want +got):\n%s\n%s", diff, m)
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"go.yaml.in/yaml/v3"
 	"net/netip"
 	"path/filepath"
 	"regexp"
@@ -197,15 +198,29 @@ func appendHeader(dst []byte, c *Config) []byte {
 	return dst
 }
 
-// MarshalYAML returns c as a YAML document in canonical form: fields in
+// EncodeYAML returns c as a YAML document in canonical form: fields in
 // the order of the schema, defaults written out, strings quoted only when
 // they need it.
-func (c *Config) MarshalYAML() ([]byte, error) {
+func (c *Config) EncodeYAML() []byte {
 	frags := make([][]byte, len(c.Farms))
 	for i := range c.Farms {
 		frags[i] = c.Farms[i].Fragment("l4nft.yaml")
 	}
-	return c.Assemble("l4nft.yaml", frags), nil
+	return c.Assemble("l4nft.yaml", frags)
+}
+
+// MarshalYAML implements yaml.Marshaler, so that yaml.Marshal of a Config
+// writes the document EncodeYAML does, which Parse reads back, rather
+// than the Go fields' names.
+func (c *Config) MarshalYAML() (any, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(c.EncodeYAML(), &doc); err != nil {
+		return nil, err
+	}
+	if len(doc.Content) == 0 {
+		return map[string]any{}, nil
+	}
+	return doc.Content[0], nil
 }
 
 // Marshal returns c encoded for a file named name: JSON if the name ends
