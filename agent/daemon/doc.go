@@ -11,6 +11,26 @@
 // new connections and its established ones continue. An operator's drain
 // or down always wins over health.
 //
+// # How a change reaches the kernel
+//
+// Every path ends in the library (see package lb for the rest):
+//
+//   - API change (change.go): the touched farm is validated alone
+//     (config.ValidateFarm), applied with lb.Balancer.SetFarm or
+//     RemoveFarm, written to disk (its own file in a configuration
+//     directory), then published in place of the old farm.
+//   - File edit (reload.go): the changed files are found by their size,
+//     times and inode, read, parsed and validated; the farms that changed
+//     are applied one by one with SetFarm (many at once, or changes that
+//     only work together, with one whole Apply).
+//   - Health transition (daemon.go, applyHealth): the monitor reports the
+//     farm; its effective state (a failing backend the file says is up is
+//     applied as drain) is applied with SetFarm.
+//   - Drift: lb.Balancer.Watch reports another program's change to the
+//     table at once, and the resync tick (Options.ResyncInterval) checks
+//     the ruleset generation; either way Resync re-reads the table and
+//     applies the effective state, which repairs the smallest difference.
+//
 // # Reloads
 //
 // The file is polled (every Options.WatchInterval, default 1s) and
