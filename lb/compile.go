@@ -84,6 +84,13 @@ func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 		exact, ranges = setServices6, setServiceRanges6
 		dnat, dnatAddr, snat = setDNAT6, setDNATAddr6, setSNAT6
 	}
+	// Sized first: with 100 backends a farm's lists grew by copying more
+	// than anything else in an install.
+	n := len(f.Backends)
+	for _, set := range []nft.Set{dnat, dnatAddr, snat, setMasquerade, setTraffic, setBackends} {
+		c.elements[set.Name] = make([]element, 0, n)
+	}
+	c.elements[shardOf(id, shift).Name] = make([]element, 0, 2*n)
 	for _, proto := range f.Protocol.numbers() {
 		for _, p := range f.Ports {
 			e := element{Element: nft.Element{Key: nft.ServiceKey(addr, proto, p.First), Value: nft.Mark(id), Comment: comment}}
