@@ -129,6 +129,7 @@ type Daemon struct {
 	badSum   [32]byte               // the rejected content, not to reject it twice
 	seenSum  [32]byte               // a change seen by the last poll, waiting to settle
 	seenAt   time.Time              // when seenSum was first seen
+	notify   *notifier              // inotify's news of the files; nil without inotify
 
 	view sync.RWMutex // guards top, farms and index for readers that do not hold mu, and info
 	info info
@@ -222,6 +223,18 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 		}
 	}()
 	d.removeStaleTemp()
+	// Watching starts before the files are read, so that no edit made
+	// after New returns goes unseen (the kernel queues the events until
+	// Run reads them).
+	if opts.WatchInterval >= 0 {
+		if d.notify = newNotifier(opts.ConfigPath, d.dir); d.notify != nil {
+			defer func() {
+				if err != nil {
+					d.notify.close()
+				}
+			}()
+		}
+	}
 	if opts.Prepare != nil {
 		if err := opts.Prepare(d.Config()); err != nil {
 			return nil, err
@@ -383,10 +396,53 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 	if d.opts.ResyncInterval >= 0 {
 		go d.watch(ctx, drift)
 	}
+	// An edit is seen at once through inotify, looked at after a short
+	// quiet time and loaded once it looks the same twice (the settle rule
+	// of the polling tick, which stays as the backstop).
+	n := d.notify
+	var notified <-chan struct{}
+	var pending []string
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
+	if n != nil {
+		go n.run(ctx)
+		notified = n.kick
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-notified:
+			paths, all := n.take()
+			if all { // events were lost: look at everything, as the tick does
+				l := d.listFiles()
+				d.mu.Lock()
+				d.reloadListedLocked(ctx, true, l)
+				d.mu.Unlock()
+			}
+			for _, p := range paths {
+				if !slices.Contains(pending, p) {
+					pending = append(pending, p)
+				}
+			}
+			settle.Reset(notifySettle)
+			continue
+		case <-settle.C:
+			if len(pending) == 0 {
+				continue
+			}
+			l := d.listSome(pending)
+			d.mu.Lock()
+			before := d.seenAt
+			d.reloadListedLocked(ctx, true, l)
+			waiting := d.seenAt != before
+			d.mu.Unlock()
+			if waiting {
+				settle.Reset(notifySettle) // seen once: look again
+			} else {
+				pending = nil
+			}
 		case <-drift:
 			d.log.Info("another program changed the table")
 			if err := d.Resync(ctx); err != nil {
@@ -446,6 +502,10 @@ func (d *Daemon) watch(ctx context.Context, drift chan<- struct{}) {
 	}
 }
 
+// notifySettle is how long the files must be quiet after an inotify event
+// before they are looked at, and between the two looks that must agree.
+const notifySettle = 20 * time.Millisecond
+
 // nextBackoff doubles the wait between retries, from minRetry up to
 // maxRetry.
 func nextBackoff(cur time.Duration) time.Duration {
@@ -497,6 +557,9 @@ func ticker(every time.Duration) *time.Ticker {
 // plane keeps running exactly as it is.
 func (d *Daemon) Close(ctx context.Context, remove bool) error {
 	d.mon.Close()
+	if d.notify != nil {
+		d.notify.close()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error

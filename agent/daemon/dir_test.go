@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/l4nft/l4nft/agent/config"
 	"github.com/l4nft/l4nft/integration/testbed"
@@ -25,6 +27,12 @@ backends:
 // mustDirDaemon starts a daemon on a configuration directory of three
 // farms, web, api and db.
 func mustDirDaemon(tb testing.TB) (*Daemon, string) {
+	tb.Helper()
+	return mustDirDaemonWith(tb, nil)
+}
+
+// mustDirDaemonWith is mustDirDaemon with its options edited.
+func mustDirDaemonWith(tb testing.TB, edit func(*Options)) (*Daemon, string) {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("requires root (CAP_NET_ADMIN)")
@@ -48,7 +56,8 @@ func mustDirDaemon(tb testing.TB) (*Daemon, string) {
 	if err := os.WriteFile(filepath.Join(fd, ".web.yaml.tmp-1234"), []byte("half"), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	return mustNew(tb, topo, dir), dir
+	d, _ := mustNewStop(tb, topo, dir, edit, nil)
+	return d, dir
 }
 
 // snapshot returns the meta of every file under dir.
@@ -204,6 +213,47 @@ func TestDirectoryReloadReadsOnlyChangedFiles(t *testing.T) {
 	if st, _ := d.Status(ctx); st.ConfigError != nil || len(st.Farms) != 2 {
 		t.Errorf("status after removing db.yaml: error %+v, %d farms", st.ConfigError, len(st.Farms))
 	}
+}
+
+// An edit of a farm file is loaded at once through inotify, without the
+// polling tick (an hour here): the agent learns which file changed instead
+// of looking at every file.
+func TestDirectoryEditIsSeenThroughInotify(t *testing.T) {
+	d, dir := mustDirDaemonWith(t, func(o *Options) { o.WatchInterval = time.Hour })
+	p := filepath.Join(dir, "farms.d/api.yaml")
+	data, _ := os.ReadFile(p)
+	tmp := filepath.Join(dir, "farms.d/.api.yaml.new")
+	if err := os.WriteFile(tmp, []byte(strings.Replace(string(data), "weight: 2", "weight: 7", 1)), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the edit loaded", func() error {
+		if f, _ := d.Farm("api"); f.Backends[1].Weight != 7 {
+			return fmt.Errorf("api backend1 weight %d", f.Backends[1].Weight)
+		}
+		return nil
+	})
+	// A new farm file too, and its removal.
+	web, _ := os.ReadFile(filepath.Join(dir, "farms.d/web.yaml"))
+	extra := strings.Replace(string(web), "198.51.100.250", "198.51.100.240", 1)
+	if err := os.WriteFile(filepath.Join(dir, "farms.d/extra.yaml"), []byte(extra), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new farm loaded", func() error {
+		_, err := d.Farm("extra")
+		return err
+	})
+	if err := os.Remove(filepath.Join(dir, "farms.d/extra.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the farm removed", func() error {
+		if _, err := d.Farm("extra"); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
 }
 
 // touch rewrites the file with its own content: new times, same bytes.

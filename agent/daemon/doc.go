@@ -33,7 +33,11 @@
 //
 // # Reloads
 //
-// The file is polled (every Options.WatchInterval, default 1s) and
+// An edit is seen at once through inotify (the fsnotify library), which
+// names the file edited, so that a directory of 10,000 farm files costs a
+// stat of the one edited; it is loaded once two looks 20 ms apart agree.
+// The file is also polled (every Options.WatchInterval, default 1s), as
+// the backstop for lost events and file systems without inotify, and
 // reloaded when its content changes; SIGHUP (Reload) reloads it at once
 // and also re-reads the kernel (Resync), repairing a ruleset changed
 // behind the agent's back. Polling the content's hash rather than using

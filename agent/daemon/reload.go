@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,33 @@ type fileList struct {
 	mainErr error
 	farms   []config.File // a directory's farm files
 	err     error
+	// some, when not nil, says only these files were looked at (the
+	// ones inotify named): the others are as loaded.
+	some map[string]fileStat
+}
+
+// fileStat is one file's meta, or why there is none.
+type fileStat struct {
+	meta config.FileMeta
+	err  error
+}
+
+// listSome stats the configuration's files among paths, and only them.
+func (d *Daemon) listSome(paths []string) fileList {
+	l := fileList{some: map[string]fileStat{}}
+	farms := filepath.Join(d.opts.ConfigPath, config.FarmsDir)
+	for _, p := range paths {
+		ours := p == d.opts.ConfigPath
+		if d.dir {
+			_, farm := config.FarmName(filepath.Base(p))
+			ours = p == config.MainPath(d.opts.ConfigPath) || filepath.Dir(p) == farms && farm
+		}
+		if ours {
+			m, err := config.Stat(p)
+			l.some[p] = fileStat{m, err}
+		}
+	}
+	return l
 }
 
 func (d *Daemon) listFiles() fileList {
@@ -80,6 +108,18 @@ func (d *Daemon) compareLocked(l fileList) ([]changedFile, error) {
 			out = append(out, changedFile{path: path, meta: m})
 		}
 		return nil
+	}
+	if l.some != nil {
+		for p, st := range l.some {
+			if err := check(p, st.meta, st.err); err != nil {
+				return nil, err
+			}
+		}
+		if !d.dir && len(out) == 1 && out[0].removed {
+			return nil, fmt.Errorf("reading configuration: %w", fs.ErrNotExist)
+		}
+		slices.SortFunc(out, func(a, b changedFile) int { return strings.Compare(a.path, b.path) })
+		return out, nil
 	}
 	if !d.dir {
 		if err := check(d.opts.ConfigPath, l.main, l.mainErr); err != nil {
