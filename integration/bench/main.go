@@ -162,7 +162,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	wide := fs.String("wide", "1000x100", "FARMSxBACKENDS of the large control-plane case (\"\" skips it)")
 	distConns := fs.Int("dist-conns", 100000, "connections per distribution run")
 	suite := fs.String("suite", suiteLib, "lib: the library against iptables and the floor (-sections); agent: the l4nft binary's control plane (defaults: -sizes 100,1000,10000 -wide 1x1000 -reps 5)")
-	agentWatch := fs.Duration("agent-watch", 50*time.Millisecond, "agent suite: the agent's --watch-interval (file reloads wait up to one)")
+	agentWatch := fs.Duration("agent-watch", time.Second, "agent suite: the agent's --watch-interval, its polling backstop (edits are seen at once through inotify)")
 	agentChanges := fs.Int("agent-changes", 1000, "agent suite: API changes before the daemon's memory is read again")
 	agentLayout := fs.String("agent-layout", "both", "agent suite: configuration layout, file (one file), dir (l4nft.yaml + farms.d/NAME.yaml) or both")
 	l4nftBin := fs.String("l4nft", "", "agent suite: a prebuilt l4nft binary (default: build agent/cmd/l4nft)")
