@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,9 +19,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/l4nft/l4nft/integration/testbed"
 	"github.com/l4nft/l4nft/lb"
@@ -635,51 +631,24 @@ func addedFarm(n int) apiFarm {
 // (one small netlink round trip) and the installed table (lb.Open reads it
 // back).
 type kernelView struct {
-	ns  *testbed.Namespace
-	gen *netlink.Conn
+	ns   *testbed.Namespace
+	conn *nft.Conn
 }
 
 func newKernelView(ns *testbed.Namespace) (*kernelView, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: ns.Fd()})
+	c, err := nft.Open(nft.NetNSFd(ns.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("%s: connecting to nf_tables: %w", ns.Name(), err)
 	}
-	return &kernelView{ns: ns, gen: c}, nil
+	return &kernelView{ns: ns, conn: c}, nil
 }
 
-func (k *kernelView) close() { k.gen.Close() }
+func (k *kernelView) close() { k.conn.Close() }
 
 // generation returns the namespace's nf_tables ruleset generation, which
 // the kernel increments with every committed transaction.
-func (k *kernelView) generation() (uint32, error) {
-	msgs, err := k.gen.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
-		// struct nfgenmsg: AF_UNSPEC, version 0, resource id 0.
-		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
-	if err != nil {
-		return 0, fmt.Errorf("reading the nf_tables generation: %w", err)
-	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return 0, err
-		}
-		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_GEN_ID {
-				return ad.Uint32(), nil
-			}
-		}
-	}
-	return 0, errors.New("reading the nf_tables generation: no NFTA_GEN_ID in the answer")
-}
+func (k *kernelView) generation() (uint32, error) { return k.conn.Generation() }
 
-// waitFor polls the generation from g0 on until a new one passes check,
-// and returns the time from start to the poll that saw that generation.
 func (k *kernelView) waitFor(ctx context.Context, g0 uint32, start time.Time, timeout time.Duration, check func() error) (time.Duration, error) {
 	seen := g0
 	lastErr := errors.New("the generation did not change")
