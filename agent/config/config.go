@@ -302,14 +302,22 @@ func (f Farm) HealthSpec(b Backend) (health.Spec, netip.AddrPort, error) {
 // Backends whose check is invalid are skipped (Validate reports them).
 func (c *Config) HealthTargets() []health.Target {
 	var out []health.Target
-	for _, f := range c.Farms {
-		for _, b := range f.Backends {
-			spec, addr, err := f.HealthSpec(b)
-			if err != nil || spec.Type == health.None {
-				continue
-			}
-			out = append(out, health.Target{Key: health.Key{Farm: f.Name, Backend: b.Name}, Addr: addr, Spec: spec})
+	for i := range c.Farms {
+		out = append(out, c.Farms[i].HealthTargets()...)
+	}
+	return out
+}
+
+// HealthTargets returns the checks of the farm's backends, skipping
+// those whose check is invalid.
+func (f *Farm) HealthTargets() []health.Target {
+	var out []health.Target
+	for _, b := range f.Backends {
+		spec, addr, err := f.HealthSpec(b)
+		if err != nil || spec.Type == health.None {
+			continue
 		}
+		out = append(out, health.Target{Key: health.Key{Farm: f.Name, Backend: b.Name}, Addr: addr, Spec: spec})
 	}
 	return out
 }

@@ -270,7 +270,7 @@ func New(ctx context.Context, opts Options) (_ *Daemon, err error) {
 	defer d.mu.Unlock()
 	var targets []health.Target
 	for _, f := range d.farms {
-		for _, t := range healthTargets(f) {
+		for _, t := range f.HealthTargets() {
 			b := f.Backends[slices.IndexFunc(f.Backends, func(b config.Backend) bool { return b.Name == t.Key.Backend })]
 			t.StartUnhealthy = b.State == lb.Up && installed[t.Key] == lb.Drain
 			targets = append(targets, t)
@@ -593,19 +593,6 @@ func (d *Daemon) applyHealth(ctx context.Context) {
 			d.needFull = true
 		}
 	}
-}
-
-// healthTargets returns the checks of f's backends.
-func healthTargets(f *config.Farm) []health.Target {
-	var out []health.Target
-	for _, b := range f.Backends {
-		spec, addr, err := f.HealthSpec(b)
-		if err != nil || spec.Type == health.None {
-			continue
-		}
-		out = append(out, health.Target{Key: health.Key{Farm: f.Name, Backend: b.Name}, Addr: addr, Spec: spec})
-	}
-	return out
 }
 
 // effective is the farm to install: f, with up backends failing their

@@ -519,7 +519,7 @@ const maxIncremental = 64
 func (d *Daemon) applyLocked(ctx context.Context, reason string, changes []change, next func() []*config.Farm) error {
 	for _, c := range changes {
 		if c.next != nil {
-			d.mon.UpdateFarm(c.name, healthTargets(c.next))
+			d.mon.UpdateFarm(c.name, c.next.HealthTargets())
 		} else {
 			d.mon.UpdateFarm(c.name, nil)
 		}
@@ -527,7 +527,7 @@ func (d *Daemon) applyLocked(ctx context.Context, reason string, changes []chang
 	undoHealth := func() {
 		for _, c := range changes {
 			if c.prev != nil {
-				d.mon.UpdateFarm(c.name, healthTargets(c.prev))
+				d.mon.UpdateFarm(c.name, c.prev.HealthTargets())
 			} else {
 				d.mon.UpdateFarm(c.name, nil)
 			}
