@@ -22,11 +22,11 @@ func FuzzValidate(f *testing.F) {
 	f.Add([]byte(`{"farms":[{"name":"a","address":"198.51.100.1","ports":["80","70-90"],"backends":[{"name":"b","address":"203.0.113.1","weight":-1,"priority":12}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var s State
-		if json.Unmarshal(data, &s) != nil || len(s.Farms) > 50 {
+		if json.Unmarshal(data, &s) != nil || len(s.Farms) > 20 {
 			return
 		}
 		for _, f := range s.Farms {
-			if len(f.Backends) > 50 || len(f.Ports) > 50 {
+			if len(f.Backends) > 20 || len(f.Ports) > 20 {
 				return
 			}
 		}
