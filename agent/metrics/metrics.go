@@ -32,6 +32,8 @@ package metrics
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -150,7 +152,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-var states = []lb.BackendState{lb.Up, lb.Drain, lb.Down}
+// statesByName are the backend states in the order of their names
+// ("down", "drain", "up"): the order the registry sorts their series in.
+var statesByName = []lb.BackendState{lb.Down, lb.Drain, lb.Up}
 
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
@@ -172,19 +176,48 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.drifted, prometheus.GaugeValue, b2f(st.Drifted))
 	ch <- prometheus.MustNewConstMetric(m.repairs, prometheus.CounterValue, float64(st.Repairs))
-	for _, f := range st.Farms {
+	// Emitted in the order the registry sorts them into (by label value,
+	// labels by name: backend, farm, state), so that its sort finds them
+	// sorted: at 10,000 farms its sort of 220,000 unsorted series was the
+	// largest part of a scrape.
+	type ref struct {
+		farm    string
+		backend *daemon.BackendStatus
+	}
+	var refs []ref
+	for fi := range st.Farms {
+		f := &st.Farms[fi]
+		for bi := range f.Backends {
+			refs = append(refs, ref{f.Name, &f.Backends[bi]})
+		}
+	}
+	slices.SortFunc(refs, func(x, y ref) int {
+		if c := strings.Compare(x.backend.Name, y.backend.Name); c != 0 {
+			return c
+		}
+		return strings.Compare(x.farm, y.farm)
+	})
+	for _, r := range refs {
+		b := r.backend
+		l := []string{r.farm, b.Name}
+		ch <- prometheus.MustNewConstMetric(m.backendConns, prometheus.CounterValue, float64(b.Connections), l...)
+		ch <- prometheus.MustNewConstMetric(m.backendPackets, prometheus.CounterValue, float64(b.Packets), l...)
+		ch <- prometheus.MustNewConstMetric(m.backendBytes, prometheus.CounterValue, float64(b.Bytes), l...)
+		ch <- prometheus.MustNewConstMetric(m.backendHealthy, prometheus.GaugeValue, b2f(b.Healthy()), l...)
+		ch <- prometheus.MustNewConstMetric(m.backendWeight, prometheus.GaugeValue, float64(b.Weight), l...)
+		for _, s := range statesByName {
+			ch <- prometheus.MustNewConstMetric(m.backendState, prometheus.GaugeValue, b2f(b.State == s), r.farm, b.Name, s.String())
+			ch <- prometheus.MustNewConstMetric(m.backendEffective, prometheus.GaugeValue, b2f(b.Installed && b.Effective == s), r.farm, b.Name, s.String())
+		}
+	}
+	farms := make([]*daemon.FarmStatus, len(st.Farms))
+	for i := range st.Farms {
+		farms[i] = &st.Farms[i]
+	}
+	slices.SortFunc(farms, func(x, y *daemon.FarmStatus) int { return strings.Compare(x.Name, y.Name) })
+	for _, f := range farms {
 		available := 0
 		for _, b := range f.Backends {
-			l := []string{f.Name, b.Name}
-			ch <- prometheus.MustNewConstMetric(m.backendConns, prometheus.CounterValue, float64(b.Connections), l...)
-			ch <- prometheus.MustNewConstMetric(m.backendPackets, prometheus.CounterValue, float64(b.Packets), l...)
-			ch <- prometheus.MustNewConstMetric(m.backendBytes, prometheus.CounterValue, float64(b.Bytes), l...)
-			ch <- prometheus.MustNewConstMetric(m.backendHealthy, prometheus.GaugeValue, b2f(b.Healthy()), l...)
-			ch <- prometheus.MustNewConstMetric(m.backendWeight, prometheus.GaugeValue, float64(b.Weight), l...)
-			for _, s := range states {
-				ch <- prometheus.MustNewConstMetric(m.backendState, prometheus.GaugeValue, b2f(b.State == s), f.Name, b.Name, s.String())
-				ch <- prometheus.MustNewConstMetric(m.backendEffective, prometheus.GaugeValue, b2f(b.Installed && b.Effective == s), f.Name, b.Name, s.String())
-			}
 			if b.Installed && b.Effective == lb.Up {
 				available++
 			}

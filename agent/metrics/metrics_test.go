@@ -88,3 +88,11 @@ l4nft_drift_repairs_total 3
 		t.Errorf("apply duration histogram has %d series, want 1", n)
 	}
 }
+
+func TestStatesByNameAreSorted(t *testing.T) {
+	for i := 1; i < len(statesByName); i++ {
+		if statesByName[i-1].String() >= statesByName[i].String() {
+			t.Errorf("statesByName %v is not in the order of the names", statesByName)
+		}
+	}
+}
