@@ -114,24 +114,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 // Status returns the agent's status.
 func (c *Client) Status(ctx context.Context) (daemon.Status, error) {
-	var raw json.RawMessage
-	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &raw); err != nil {
-		return daemon.Status{}, err
-	}
 	var st daemon.Status
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return daemon.Status{}, fmt.Errorf("decoding the agent's answer: %w", err)
-	}
-	if st.ConfigError != nil {
-		// lb.Problem's JSON has no decoder: read its path back.
-		var wire struct {
-			ConfigError *ErrorBody `json:"config_error"`
-		}
-		if err := json.Unmarshal(raw, &wire); err == nil && wire.ConfigError != nil {
-			st.ConfigError.Problems = wire.ConfigError.Problems
-		}
-	}
-	return st, nil
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
 }
 
 // Ruleset returns the installed ruleset in nft syntax.

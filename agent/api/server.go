@@ -63,28 +63,6 @@ type ErrorBody struct {
 	Problems []lb.Problem `json:"problems,omitempty"`
 }
 
-// UnmarshalJSON reads the problems back with their farm, backend and
-// field, from their path.
-func (b *ErrorBody) UnmarshalJSON(data []byte) error {
-	var wire struct {
-		Error    string `json:"error"`
-		Problems []struct {
-			File    string `json:"file"`
-			Line    int    `json:"line"`
-			Path    string `json:"path"`
-			Message string `json:"message"`
-		} `json:"problems"`
-	}
-	if err := json.Unmarshal(data, &wire); err != nil {
-		return err
-	}
-	b.Error, b.Problems = wire.Error, nil
-	for _, p := range wire.Problems {
-		b.Problems = append(b.Problems, config.ProblemAt(p.File, p.Line, p.Path, p.Message))
-	}
-	return nil
-}
-
 // PlanBody is the answer to a change sent with ?dry_run=true: what the
 // change would send to the kernel. Nothing was changed, in the kernel or
 // in the files.

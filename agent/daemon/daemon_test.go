@@ -46,15 +46,7 @@ func mustDaemon(tb testing.TB) (*Daemon, *testbed.Topology, string) {
 // mustDaemonStop is mustDaemon, with a function that stops the daemon.
 func mustDaemonStop(tb testing.TB) (*Daemon, *testbed.Topology, string, func()) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("requires root (CAP_NET_ADMIN)")
-	}
-	topo := testbed.ForTest(tb, testbed.Options{Named: true})
-	path := filepath.Join(tb.TempDir(), "l4nft.yaml")
-	text := fmt.Sprintf(configText, topo.Backends[0].Addr4, topo.Backends[1].Addr4)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	topo, path := mustBareTopology(tb)
 	d, stop := mustNewStop(tb, topo, path, nil, nil)
 	return d, topo, path, stop
 }
