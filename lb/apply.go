@@ -194,7 +194,7 @@ func (b *Balancer) commit(p *plan) {
 				delete(b.marks.used, m)
 			}
 		}
-		b.orphans = elements{}
+		b.orphans, b.orphanChains = elements{}, nil
 	}
 	b.rebuild = false
 }
@@ -303,9 +303,13 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		if !text || old.dirty {
 			return old.elements
 		}
-		return compileFarm(old.spec, b.marks.begin(), b.opts.markShift(), true).elements
+		return compileFarm(old.spec, b.marks.begin(), b.opts.MarkMask, true).elements
 	}
 	del, add := elements{}, elements{}
+	// Farm chains come and go with their farm marks: added before the
+	// elements that jump to them, deleted after.
+	var addChains []*chain
+	var delChains []string
 	for _, name := range removed {
 		old := b.farms[name]
 		if old == nil {
@@ -314,7 +318,11 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		p.changed[name] = nil
 		b.releaseBackends(p, old.spec, nil)
 		p.marks.drop(objectKey{name, ""})
+		p.marks.drop(idKey(name))
 		elementDiff(installed(old), nil, del, add)
+		if old.chain != nil {
+			delChains = append(delChains, old.chain.Name)
+		}
 	}
 	for _, f := range set {
 		old := b.farms[f.Name]
@@ -329,10 +337,17 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 				return nil, errMarksExhausted
 			}
 		}
+		if needsID(f) {
+			if _, ok := p.marks.ensure(idKey(f.Name)); !ok {
+				return nil, errMarksExhausted
+			}
+		} else {
+			p.marks.drop(idKey(f.Name))
+		}
 		if old != nil {
 			b.releaseBackends(p, old.spec, &f)
 		}
-		c := compileFarm(f, p.marks, b.opts.markShift(), text)
+		c := compileFarm(f, p.marks, b.opts.MarkMask, text)
 		if b.rebuild {
 			p.changed[f.Name] = c
 			continue
@@ -340,19 +355,28 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		var have elements
 		if old != nil {
 			have = installed(old)
-			if !sameSetElements(have.schedule(), c.elements.schedule()) {
-				// A new schedule goes in beside the old one under a new
-				// farm mark, the services move to it, and the old one
-				// goes: the kernel's interval sets do not take deletions
-				// and additions of overlapping ranges in one transaction.
+			if !sameSetElements(have.schedule(), c.elements.schedule()) || !sameChain(old.chain, c.chain) || (old.dirty && c.chain != nil) {
+				// A new schedule (or farm chain) goes in beside the old
+				// one under a new farm mark, the services move to it, and
+				// the old one goes: the kernel's interval sets do not take
+				// deletions and additions of overlapping ranges in one
+				// transaction, and a chain's rules cannot change as one.
 				if _, ok := p.marks.renew(objectKey{f.Name, ""}); !ok {
 					return nil, errMarksExhausted
 				}
-				c = compileFarm(f, p.marks, b.opts.markShift(), text)
+				c = compileFarm(f, p.marks, b.opts.MarkMask, text)
 			}
 		}
 		p.changed[f.Name] = c
 		elementDiff(have, c.elements, del, add)
+		if was, now := old.chainName(), c.chainName(); was != now {
+			if was != "" {
+				delChains = append(delChains, was)
+			}
+			if now != "" {
+				addChains = append(addChains, c.chain)
+			}
+		}
 	}
 	if b.rebuild {
 		batch := nft.NewBatch(b.opts.Table)
@@ -371,12 +395,20 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		}
 		return p, nil
 	}
-	if len(b.orphans) > 0 {
+	if len(b.orphans) > 0 || len(b.orphanChains) > 0 {
 		elementDiff(b.orphans, nil, del, add)
+		delChains = append(delChains, b.orphanChains...)
 		p.orphansDeleted = true
 	}
 	adds, repoints, dels := nft.NewBatch(b.opts.Table), nft.NewBatch(b.opts.Table), nft.NewBatch(b.opts.Table)
 	var addText, repointText, delText strings.Builder
+	slices.SortFunc(addChains, func(x, y *chain) int { return strings.Compare(x.Name, y.Name) })
+	for _, c := range addChains {
+		queueChain(adds, c)
+		if text {
+			writeChain(&addText, b.opts.Table, c)
+		}
+	}
 	for _, set := range allSets {
 		// The mark an element belongs to: a backend's, or for the
 		// schedule, its farm's. Services belong to no mark.
@@ -429,6 +461,13 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		queue(repoints, &repointText, nft.AddElements, radd)
 		queue(dels, &delText, nft.DeleteElements, late)
 	}
+	slices.Sort(delChains)
+	for _, name := range delChains {
+		dels.DeleteChain(name)
+		if text {
+			fmt.Fprintf(&delText, "delete chain inet %s %s\n", b.opts.Table, name)
+		}
+	}
 	if text {
 		p.text = []string{addText.String(), repointText.String(), delText.String()}
 	}
@@ -468,12 +507,17 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 	batch.AddTable()
 	batch.DeleteTable()
 	batch.AddTable()
-	for _, s := range allSets {
+	for _, s := range tableSets {
 		batch.AddSet(s)
 	}
 	chains := baseChains(o)
 	for _, c := range chains {
 		batch.AddChain(c.Chain)
+	}
+	for _, name := range sortedKeys(farms) {
+		if c := farms[name].chain; c != nil {
+			queueChain(batch, c)
+		}
 	}
 	// Sized first: 100,000s of elements appended one by one spent more
 	// time growing slices than anything else in an install.
@@ -510,5 +554,21 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 		for _, rl := range c.rules {
 			batch.AddRule(c.Name, rl.Rule)
 		}
+	}
+}
+
+// queueChain queues a regular chain and its rules.
+func queueChain(batch *nft.Batch, c *chain) {
+	batch.AddChain(c.Chain)
+	for _, rl := range c.rules {
+		batch.AddRule(c.Name, rl.Rule)
+	}
+}
+
+// writeChain writes a regular chain and its rules in nft syntax.
+func writeChain(w *strings.Builder, table string, c *chain) {
+	fmt.Fprintf(w, "add chain inet %s %s\n", table, c.Name)
+	for _, r := range c.rules {
+		fmt.Fprintf(w, "add rule inet %s %s %s comment %q\n", table, c.Name, r.text, r.Comment)
 	}
 }

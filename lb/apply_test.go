@@ -537,7 +537,7 @@ func TestPriorityPicksTheBestAvailable(t *testing.T) {
 	f := validFarm("web", "198.51.100.1")
 	f.Backends = append(f.Backends, Backend{Name: "backup", Address: addr("203.0.113.12"), Port: 443, Weight: 1, Priority: 2})
 	scheduled := func(f Farm) []string {
-		c := compileFarm(f, markMap{}, 8, true)
+		c := compileFarm(f, markMap{}, 0xffffff00, true)
 		var names []string
 		for _, e := range c.elements.schedule() {
 			if e.Comment != "" {

@@ -37,6 +37,9 @@ type Balancer struct {
 	// orphans are elements an adopted table held that no farm claims;
 	// their marks stay reserved until the next Apply deletes them.
 	orphans elements
+	// orphanChains are farm chains an adopted table held that no farm
+	// claims; the next Apply deletes them with the orphans.
+	orphanChains []string
 	// rebuild says the table is missing or has another layout: the next
 	// Apply replaces it whole, in one transaction.
 	rebuild bool
@@ -224,7 +227,7 @@ func (b *Balancer) reset() {
 	b.farms, b.order, b.rebuild = map[string]*compiledFarm{}, nil, true
 	b.marks = newMarkTable(b.opts)
 	b.services = serviceIndex{}
-	b.orphans = elements{}
+	b.orphans, b.orphanChains = elements{}, nil
 	b.gen = 0
 }
 

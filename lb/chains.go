@@ -66,6 +66,10 @@ func baseChains(o Options) []chain {
 			choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
 			choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
 			{
+				Rule: nft.Rule{Exprs: nft.JumpByMark(mask, setFarmChains.Name), Comment: "to the farm's own chain, if it has one"},
+				text: fmt.Sprintf("ct mark & %s vmap @%s", mt, setFarmChains.Name),
+			},
+			{
 				Rule: nft.Rule{Exprs: nft.JumpByMark(shardMask, setShards.Name), Comment: "to the chain of the farm's schedule map"},
 				text: fmt.Sprintf("ct mark & %s vmap @%s", markText(shardMask), setShards.Name),
 			},
@@ -133,7 +137,7 @@ func baseChains(o Options) []chain {
 		chains = append(chains, chain{
 			Chain: nft.Chain{Name: chainSchedule + set.Name},
 			rules: []rule{{
-				Rule: nft.Rule{Exprs: nft.SetCtMarkFromSchedule(set.Name, scheduleSlots), Comment: "weighted random choice of backend"},
+				Rule: nft.Rule{Exprs: nft.ChooseBySlot(set.Name, nft.RandomSlot(scheduleSlots)), Comment: "weighted random choice of backend"},
 				text: fmt.Sprintf("ct mark set ct mark . numgen random mod %d map @%s", scheduleSlots, set.Name),
 				seed: "iptables -t mangle -A PREROUTING ... -m statistic --mode random --probability P -j MARK --set-mark BACKEND; -m state --state NEW -j CONNMARK --save-mark",
 			}},

@@ -3,8 +3,10 @@ package lb
 import (
 	"cmp"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/l4nft/l4nft/nft"
 )
@@ -39,16 +41,37 @@ type compiledFarm struct {
 	// diffs the farm whatever its spec.
 	dirty    bool
 	elements elements
+	// chain is the farm's own chain, for options that per-farm values in
+	// rules express (see needsChain); nil for most farms.
+	chain *chain
 }
 
 func (c *compiledFarm) add(s nft.Set, e element) {
 	c.elements[s.Name] = append(c.elements[s.Name], e)
 }
 
-func farmComment(f Farm) string {
+// farmComment records the farm's options for adoption; id is the farm's
+// lasting id, 0 if it has none.
+func farmComment(f Farm, id uint32) string {
 	c := fmt.Sprintf("farm=%s mode=%s scheduler=%s", f.Name, f.Mode, f.Scheduler)
 	if f.Source.IsValid() {
 		c += " source=" + f.Source.Unmap().String()
+	}
+	if len(f.HashFields) > 0 {
+		names := make([]string, len(f.HashFields))
+		for i, h := range f.HashFields {
+			names[i] = h.String()
+		}
+		c += " hash=" + strings.Join(names, ",")
+	}
+	if f.Slots != 0 {
+		c += fmt.Sprintf(" slots=%d", f.Slots)
+	}
+	if p := f.Persistence; p != nil {
+		c += fmt.Sprintf(" persist=%s/%s", p.By, p.TTL)
+	}
+	if id != 0 {
+		c += " id=" + markText(id)
 	}
 	return c
 }
@@ -64,7 +87,8 @@ func backendComment(f Farm, b Backend) string {
 // compileFarm turns a valid farm into its elements. marks holds the mark
 // of the farm and of each of its backends. Only Render needs the elements'
 // nft syntax (text), which costs more than the rest.
-func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
+func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm {
+	shift := bits.TrailingZeros32(mask)
 	c := &compiledFarm{spec: cloneFarm(f), elements: elements{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
@@ -104,9 +128,11 @@ func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 		}
 	}
 
+	lasting := marks.get(idKey(f.Name))
+	fc := farmComment(f, lasting)
 	c.add(setFarms, element{
-		Element: nft.Element{Key: nft.Mark(id), Comment: farmComment(f)},
-		text:    textf("%s comment %q", markText(id), farmComment(f)),
+		Element: nft.Element{Key: nft.Mark(id), Comment: fc},
+		text:    textf("%s comment %q", markText(id), fc),
 	})
 
 	var up []Backend
@@ -154,26 +180,51 @@ func compileFarm(f Farm, marks markGetter, shift int, text bool) *compiledFarm {
 		up = slices.DeleteFunc(up, func(x Backend) bool { return x.priority() != best })
 	}
 
-	// Schedule: each available backend owns a range of the farm's slots,
-	// in name order so that the order of State.Backends does not matter.
+	// Schedule: each available backend owns runs of the farm's slots, laid
+	// out by the scheduler from the backends in name order, so that the
+	// order of State.Backends does not matter.
 	slices.SortFunc(up, func(x, y Backend) int { return cmp.Compare(x.Name, y.Name) })
-	weights := make([]int, len(up))
-	for i, b := range up {
-		weights[i] = b.Weight
-	}
-	lo := uint32(0)
 	schedule := shardOf(id, shift)
-	for i, n := range apportion(weights, scheduleSlots) {
-		b := up[i]
-		m := marks.get(objectKey{f.Name, b.Name})
-		hi := lo + n // exclusive
-		name := f.Name + "/" + b.Name
-		c.add(schedule, element{
-			Element: nft.Element{Key: nft.ScheduleKey(id, lo), Value: nft.Mark(m), Comment: name},
-			text:    textf("%s . %d-%d comment %q : %s", markText(id), lo, hi-1, name, markText(m)),
+	var space uint32
+	if f.Scheduler == Consistent {
+		m, table := consistentTable(f, up)
+		space = uint32(m)
+		for slot, bi := range table {
+			bm := marks.get(objectKey{f.Name, up[bi].Name})
+			c.add(setConsistent, element{
+				Element: nft.Element{Key: nft.PairKey(lasting, uint32(slot)), Value: nft.Mark(bm)},
+				text:    textf("%s . %d : %s", markText(lasting), slot, markText(bm)),
+			})
+		}
+	} else {
+		var runs []slotRun
+		space, runs = layout(f, up)
+		for _, r := range runs {
+			b := up[r.backend]
+			m := marks.get(objectKey{f.Name, b.Name})
+			name := f.Name + "/" + b.Name
+			c.add(schedule, element{
+				Element: nft.Element{Key: nft.ScheduleKey(id, r.lo), Value: nft.Mark(m), Comment: name},
+				text:    textf("%s . %d-%d comment %q : %s", markText(id), r.lo, r.hi-1, name, markText(m)),
+			})
+			c.add(schedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, r.hi), IntervalEnd: true}})
+		}
+	}
+	if needsChain(f) {
+		c.chain = farmChain(f, farmMarks{farm: id, lasting: lasting, mask: mask}, schedule, space, text)
+		c.add(setFarmChains, element{
+			Element: nft.Element{Key: nft.Mark(id), Jump: c.chain.Name},
+			text:    textf("%s : jump %s", markText(id), c.chain.Name),
 		})
-		c.add(schedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, hi), IntervalEnd: true}})
-		lo = hi
+		if f.Persistence != nil {
+			for _, b := range up {
+				m := marks.get(objectKey{f.Name, b.Name})
+				c.add(setPersistOK, element{
+					Element: nft.Element{Key: nft.PairKey(id, m)},
+					text:    textf("%s . %s", markText(id), markText(m)),
+				})
+			}
+		}
 	}
 	return c
 }

@@ -109,12 +109,19 @@ func sameElements(a, b elements) bool {
 func sameFarm(a, b Farm) bool {
 	return a.Name == b.Name && a.Address == b.Address && a.Protocol == b.Protocol &&
 		a.Mode == b.Mode && a.Scheduler == b.Scheduler && a.Source == b.Source &&
-		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Backends, b.Backends)
+		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Backends, b.Backends) &&
+		slices.Equal(a.HashFields, b.HashFields) && a.Slots == b.Slots &&
+		(a.Persistence == nil) == (b.Persistence == nil) && (a.Persistence == nil || *a.Persistence == *b.Persistence)
 }
 
 func cloneFarm(f Farm) Farm {
 	f.Ports = slices.Clone(f.Ports)
 	f.Backends = slices.Clone(f.Backends)
+	f.HashFields = slices.Clone(f.HashFields)
+	if f.Persistence != nil {
+		p := *f.Persistence
+		f.Persistence = &p
+	}
 	return f
 }
 

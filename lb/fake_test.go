@@ -92,6 +92,20 @@ func (k *fakeKernel) apply(op nft.Op) (undo, error) {
 		}
 		k.rules[op.Chain.Name] = []nft.RuleInfo{}
 		return func() { delete(k.rules, op.Chain.Name) }, nil
+	case nft.DeleteChain:
+		rs, ok := k.rules[op.Chain.Name]
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		for _, es := range k.elems {
+			for _, e := range es {
+				if e.Jump == op.Chain.Name {
+					return nil, syscall.EBUSY
+				}
+			}
+		}
+		delete(k.rules, op.Chain.Name)
+		return func() { k.rules[op.Chain.Name] = rs }, nil
 	case nft.AddRule:
 		rs, ok := k.rules[op.Chain.Name]
 		if !ok {

@@ -209,17 +209,19 @@ func maglevHash(salt, name string) uint64 {
 	return h
 }
 
-// maglevSize returns the table size for n backends: the smallest prime at
-// least max(configured, 100*n), configured being the farm's configured
-// table size (0 for the default). The paper's tables have at least 100
-// slots per backend: fewer make the backends' shares uneven (each gets
-// within one slot of its share, which is 1% of 100 slots) and make a
-// change of backends move more of the other slots. Since the size grows
-// with n, and a change of size moves nearly every connection, a farm
-// should keep its table's size while it is still large enough rather than
-// recompute it on every change of its backends.
+// maglevSize returns the table size for a farm of n backends: the
+// smallest prime of at least configured (the farm's Slots), or by default
+// of at least 100 slots per backend for n rounded up to a power of two.
+// The paper's tables have at least 100 slots per backend: fewer make the
+// backends' shares uneven (each gets within one slot of its share) and
+// make a change of backends move more of the other slots. A change of
+// size moves nearly every connection, so the default changes only when n
+// crosses a power of two, not with every backend added or removed.
 func maglevSize(n, configured int) int {
-	return nextPrime(max(configured, 100*n))
+	if configured > 0 {
+		return nextPrime(configured)
+	}
+	return nextPrime(100 << bits.Len(uint(max(n, 1)-1)))
 }
 
 // nextPrime returns the smallest prime >= n.

@@ -288,13 +288,13 @@ func TestNextPrime(t *testing.T) {
 func TestMaglevSize(t *testing.T) {
 	for _, tc := range []struct{ n, configured, want int }{
 		{1, 0, 101},
-		{3, 0, 307},
+		{3, 0, 401},
 		{3, 1000, 1009},
-		{10, 0, 1009},
-		{10, 500, 1009},
-		{11, 0, 1103},
-		{100, 0, 10007},
-		{10000, 0, 1000003},
+		{8, 0, 809},
+		{9, 0, 1601},
+		{10, 0, 1601},
+		{10, 500, 503},
+		{100, 0, 12809},
 		{3, 65537, 65537},
 	} {
 		if got := maglevSize(tc.n, tc.configured); got != tc.want {

@@ -41,12 +41,16 @@ func (b *Balancer) readKernel(ctx context.Context) error {
 			return fmt.Errorf("adopting table %s: %w", table, err)
 		}
 	}
-	a, err := adopt(kernel, b.opts.markShift())
+	chains, err := b.conn.Chains(table)
+	if err != nil {
+		return fmt.Errorf("adopting table %s: %w", table, err)
+	}
+	a, err := adopt(kernel, chains, b.opts.MarkMask)
 	if err != nil {
 		b.opts.Logger.Warn("table's contents cannot be read back; the next apply replaces it", "table", table, "err", err)
 		return nil
 	}
-	b.farms, b.order, b.orphans, b.rebuild = a.farms, a.order, a.orphans, false
+	b.farms, b.order, b.orphans, b.orphanChains, b.rebuild = a.farms, a.order, a.orphans, a.orphanChains, false
 	for k, m := range a.marks {
 		b.marks.owner[k], b.marks.used[m] = m, k
 	}
@@ -89,7 +93,7 @@ func (b *Balancer) sameLayout() (bool, error) {
 	for _, s := range sets {
 		kinds[s.Name] = s
 	}
-	for _, want := range allSets {
+	for _, want := range tableSets {
 		have, ok := kinds[want.Name]
 		// (google/nftables v0.3.0 does not read the counter flag back.)
 		if !ok || have.Interval != want.Interval || have.Concat != want.Concat {
@@ -104,6 +108,8 @@ func (b *Balancer) sameLayout() (bool, error) {
 		return false, err
 	}
 	want := baseChains(b.opts)
+	// Farm chains are the farms', checked by adopt.
+	chains = slices.DeleteFunc(chains, func(name string) bool { return strings.HasPrefix(name, farmChainPrefix) })
 	if len(chains) != len(want) {
 		return false, nil
 	}
@@ -131,12 +137,14 @@ type adopted struct {
 	order   []string
 	marks   map[objectKey]uint32
 	orphans elements
+	// orphanChains are the farm chains no farm claims.
+	orphanChains []string
 }
 
 // adopt rebuilds farms and marks from the sets' elements. Each farm's
 // elements are kept as the kernel has them; a farm whose elements differ
 // from what its spec compiles to is marked dirty.
-func adopt(kernel map[string][]nft.Element, shift int) (adopted, error) {
+func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopted, error) {
 	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: elements{}}
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
@@ -177,6 +185,13 @@ func adopt(kernel map[string][]nft.Element, shift int) (adopted, error) {
 		specs[f.Name], byMark[id] = f, f
 		a.marks[objectKey{f.Name, ""}] = id
 		owner[id] = objectKey{f.Name, ""}
+		if v, ok := kv["id"]; ok {
+			lasting, err := strconv.ParseUint(strings.TrimPrefix(v, "0x"), 16, 32)
+			if err != nil {
+				return a, fmt.Errorf("farm %q: id: %w", name, err)
+			}
+			a.marks[idKey(name)], owner[uint32(lasting)] = uint32(lasting), idKey(name)
+		}
 	}
 	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
 		for _, e := range kernel[set.Name] {
@@ -260,9 +275,25 @@ func adopt(kernel map[string][]nft.Element, shift int) (adopted, error) {
 			a.orphans[set.Name] = append(a.orphans[set.Name], el)
 		}
 	}
-	for _, c := range a.farms {
-		c.dirty = !sameElements(c.elements, compileFarm(c.spec, markMap(a.marks), shift, false).elements)
+	inKernel := map[string]bool{}
+	for _, name := range chains {
+		if strings.HasPrefix(name, farmChainPrefix) {
+			inKernel[name] = true
+		}
 	}
+	for _, c := range a.farms {
+		want := compileFarm(c.spec, markMap(a.marks), mask, false)
+		c.dirty = !sameElements(c.elements, want.elements)
+		if name := want.chainName(); name != "" {
+			if inKernel[name] {
+				c.chain = want.chain
+				delete(inKernel, name)
+			} else {
+				c.dirty = true
+			}
+		}
+	}
+	a.orphanChains = sortedKeys(inKernel)
 	return a, nil
 }
 
@@ -278,6 +309,31 @@ func (f *Farm) parseComment(kv map[string]string) error {
 		if f.Source, err = netip.ParseAddr(src); err != nil {
 			return fmt.Errorf("farm %q: source: %w", f.Name, err)
 		}
+	}
+	if v, ok := kv["hash"]; ok {
+		for _, name := range strings.Split(v, ",") {
+			h, err := ParseHashField(name)
+			if err != nil {
+				return fmt.Errorf("farm %q: %w", f.Name, err)
+			}
+			f.HashFields = append(f.HashFields, h)
+		}
+	}
+	if v, ok := kv["slots"]; ok {
+		if f.Slots, err = strconv.Atoi(v); err != nil {
+			return fmt.Errorf("farm %q: slots: %w", f.Name, err)
+		}
+	}
+	if v, ok := kv["persist"]; ok {
+		by, ttl, _ := strings.Cut(v, "/")
+		p := &Persistence{}
+		if p.By, err = ParsePersistBy(by); err != nil {
+			return fmt.Errorf("farm %q: %w", f.Name, err)
+		}
+		if err := p.TTL.UnmarshalText([]byte(ttl)); err != nil {
+			return fmt.Errorf("farm %q: persistence: %w", f.Name, err)
+		}
+		f.Persistence = p
 	}
 	return nil
 }

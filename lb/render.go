@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/l4nft/l4nft/nft"
 )
 
 // Render returns the ruleset Apply would install for s on a fresh table,
@@ -30,7 +32,7 @@ func Render(s State, opts Options) (string, error) {
 		for _, be := range f.Backends {
 			marks.ensure(objectKey{f.Name, be.Name})
 		}
-		farms[f.Name] = compileFarm(f, marks, opts.markShift(), true)
+		farms[f.Name] = compileFarm(f, marks, opts.MarkMask, true)
 	}
 	return renderRuleset(opts, farms), nil
 }
@@ -41,7 +43,7 @@ func (b *Balancer) Render() string {
 	defer b.mu.Unlock()
 	farms := map[string]*compiledFarm{}
 	for name, c := range b.farms {
-		farms[name] = compileFarm(c.spec, b.marks.begin(), b.opts.markShift(), true)
+		farms[name] = compileFarm(c.spec, b.marks.begin(), b.opts.MarkMask, true)
 	}
 	return renderRuleset(b.opts, farms)
 }
@@ -64,7 +66,7 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 	p(0, "table inet %s", o.Table)
 	p(0, "delete table inet %s", o.Table)
 	p(0, "table inet %s {", o.Table)
-	for _, s := range allSets {
+	for _, s := range tableSets {
 		kind := "set"
 		if s.Data.Name != "" {
 			kind = "map"
@@ -73,6 +75,12 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		switch {
 		case isSchedule(s.Name):
 			p(2, "typeof ct mark . numgen random mod %d : ct mark", scheduleSlots)
+		case s.Name == setPersistOK.Name:
+			p(2, "typeof ct mark . ct mark")
+		case s.Name == setConsistent.Name:
+			p(2, "typeof ct mark . ct mark : ct mark")
+		case s.Dynamic:
+			p(2, "typeof %s", persistTypeof(s.Name))
 		case s.Data.Name != "":
 			p(2, "type %s : %s", s.Key.Name, s.Data.Name)
 		default:
@@ -80,6 +88,10 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		}
 		if s.Interval {
 			p(2, "flags interval")
+		}
+		if s.Dynamic {
+			p(2, "flags dynamic,timeout")
+			p(2, "size %d", s.Size)
 		}
 		if s.Counter {
 			p(2, "counter")
@@ -110,7 +122,13 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		}
 		p(1, "}")
 	}
-	for _, c := range baseChains(o) {
+	chains := baseChains(o)
+	for _, name := range sortedKeys(farms) {
+		if c := farms[name].chain; c != nil {
+			chains = append(chains, *c)
+		}
+	}
+	for _, c := range chains {
 		p(1, "chain %s {", c.Name)
 		if c.hook != "" {
 			p(2, "%s", c.hook)
@@ -125,4 +143,17 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 	}
 	p(0, "}")
 	return w.String()
+}
+
+// persistTypeof declares a persistence map's key and data as nft
+// expressions, the lasting farm id standing in as a ct mark.
+func persistTypeof(set string) string {
+	for _, fam := range []nft.Family{nft.IPv4, nft.IPv6} {
+		for by := range PersistBy(len(persistBys.names)) {
+			if persistSetName(fam, by) == set {
+				return fmt.Sprintf("ct mark . %s : ct mark", strings.ReplaceAll(fieldsText(fam, by.fields()), "th sport", "tcp sport"))
+			}
+		}
+	}
+	return "?"
 }

@@ -13,7 +13,7 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 5
+const schemaVersion = 6
 
 // The table's sets and maps. Farms and backends are elements of these;
 // there is no kernel object per farm.
@@ -79,6 +79,33 @@ var (
 	// schema: one element whose comment records the layout version and
 	// the options baked into it.
 	setSchema = nft.Set{Name: "schema", Key: nftables.TypeMark}
+	// farm_chains: the farm mark of a farm with a chain of its own -> a
+	// jump to it (see farmChain).
+	setFarmChains = nft.Set{Name: "farm_chains", Key: nftables.TypeMark, Data: nftables.TypeVerdict}
+	// persist_ok: farm mark . backend mark of the backends that
+	// persistence may send new connections to: those the farm's schedule
+	// holds.
+	setPersistOK = nft.Set{Name: "persist_ok", Key: slotKey}
+	// consistent: lasting farm id . slot -> backend mark, the Maglev
+	// tables of the farms with the consistent scheduler. A hash map, so a
+	// change of a farm's table rewrites its changed slots in place.
+	setConsistent = nft.Set{Name: "consistent", Key: slotKey, Data: nftables.TypeMark}
+	// persist_BY_FAMILY: lasting farm id . client key -> backend mark,
+	// written by the rules as connections arrive and expiring on their
+	// own. They hold no farm's elements: nothing reads them back or
+	// diffs them.
+	persistSets = func() []nft.Set {
+		var out []nft.Set
+		for _, fam := range []nft.Family{nft.IPv4, nft.IPv6} {
+			for by := range PersistBy(len(persistBys.names)) {
+				key := nftables.TypeInteger
+				key.Bytes = uint32(nft.PersistKey{Family: fam, Fields: by.fields()}.Len())
+				out = append(out, nft.Set{Name: persistSetName(fam, by), Key: key, Data: nftables.TypeMark,
+					Dynamic: true, Timeouts: true, Size: persistEntries})
+			}
+		}
+		return out
+	}()
 )
 
 // maxShards is the number of schedule maps; a narrow mark mask uses fewer.
@@ -93,8 +120,13 @@ var allSets = slices.Concat(
 	[]nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6},
 	scheduleSets,
 	[]nft.Set{setShards, setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
-		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema},
+		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema,
+		setFarmChains, setPersistOK, setConsistent},
 )
+
+// tableSets is every set the table is made with: allSets, whose elements
+// are farms', and the persistence maps, whose elements are the traffic's.
+var tableSets = slices.Concat(allSets, persistSets)
 
 // isService reports whether a set is one of the services maps.
 func isService(name string) bool {

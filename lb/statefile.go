@@ -51,7 +51,6 @@ func (b *Balancer) loadStateFile() bool {
 	for _, m := range sf.Marks {
 		marks[objectKey{m.Farm, m.Backend}] = m.Mark
 	}
-	shift := b.opts.markShift()
 	for _, f := range sf.Farms {
 		if _, ok := marks[objectKey{f.Name, ""}]; !ok {
 			return false
@@ -63,7 +62,7 @@ func (b *Balancer) loadStateFile() bool {
 		}
 	}
 	for _, f := range sf.Farms {
-		b.farms[f.Name] = compileFarm(f, marks, shift, false)
+		b.farms[f.Name] = compileFarm(f, marks, b.opts.MarkMask, false)
 		b.order = append(b.order, f.Name)
 		b.services.add(f)
 	}
@@ -82,7 +81,7 @@ func (b *Balancer) saveStateFile() error {
 	}
 	gen, err := b.conn.Generation()
 	id, ierr := b.conn.Identity()
-	if err != nil || ierr != nil || b.rebuild || b.gen == 0 || gen != b.gen || len(b.orphans) > 0 {
+	if err != nil || ierr != nil || b.rebuild || b.gen == 0 || gen != b.gen || len(b.orphans) > 0 || len(b.orphanChains) > 0 {
 		if err := os.Remove(b.opts.StateFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

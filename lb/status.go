@@ -21,6 +21,9 @@ type FarmStatus struct {
 	Connections uint64 `json:"connections"`
 	Packets     uint64 `json:"packets"`
 	Bytes       uint64 `json:"bytes"`
+	// PersistenceEntries is the number of clients persistence remembers
+	// (live entries of the farm's persistence map); 0 without persistence.
+	PersistenceEntries uint64 `json:"persistence_entries,omitempty"`
 }
 
 // BackendStatus is a backend with its counters. Counters start at zero
@@ -48,8 +51,17 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 	rebuild := b.rebuild
 	st := Status{Farms: make([]FarmStatus, 0, len(b.order))}
 	byMark := map[uint32]*BackendStatus{}
+	// The farms with persistence, by lasting id, and their maps.
+	persisting := map[uint32]int{}
+	var persistMaps []nft.Set
 	for _, name := range b.order {
 		f := b.farms[name].spec
+		if p := f.Persistence; p != nil {
+			persisting[b.marks.owner[idKey(name)]] = len(st.Farms)
+			if s := persistSet(nft.FamilyOf(f.Address), p.By); !slices.Contains(persistMaps, s) {
+				persistMaps = append(persistMaps, s)
+			}
+		}
 		fs := FarmStatus{Farm: f, Backends: make([]BackendStatus, len(f.Backends))}
 		fs.Farm.Ports = slices.Clone(f.Ports)
 		fs.Farm.Backends = nil
@@ -83,6 +95,21 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 				default:
 					bs.Connections = e.Packets // the dnat lookup runs once per connection
 				}
+			}
+		}
+	}
+	// Each map in use is read once, in proportion to its live entries.
+	for _, s := range persistMaps {
+		if rebuild {
+			break
+		}
+		elems, err := b.stats.Elements(b.opts.Table, s)
+		if err != nil {
+			return Status{}, fmt.Errorf("reading persistence entries: %w", err)
+		}
+		for _, e := range elems {
+			if fi, ok := persisting[nft.ParseMark(e.Key)]; ok {
+				st.Farms[fi].PersistenceEntries++
 			}
 		}
 	}

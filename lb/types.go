@@ -29,6 +29,18 @@ type Farm struct {
 	Mode Mode `json:"mode"`
 	// Scheduler chooses a backend for each new connection.
 	Scheduler Scheduler `json:"scheduler"`
+	// HashFields are the fields the hash and consistent schedulers hash;
+	// empty means src_ip.
+	HashFields []HashField `json:"hash_fields,omitempty"`
+	// Slots is the size of the consistent scheduler's lookup table,
+	// rounded up to a prime; 0 means the smallest prime of at least 100
+	// per backend. More slots split weights more finely and cost more
+	// elements.
+	Slots int `json:"slots,omitempty"`
+	// Persistence sends a client's new connections to the backend it
+	// reached last, while that backend takes connections and the entry
+	// has not expired; nil means none.
+	Persistence *Persistence `json:"persistence,omitempty"`
 	// Source is the address NAT mode rewrites the client's to. The zero
 	// Addr means masquerade: the balancer's address on the way out. It
 	// must be zero in DNAT mode.
@@ -227,29 +239,6 @@ func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (m *Mode) UnmarshalText(b []byte) (err error) { *m, err = ParseMode(string(b)); return }
-
-// Scheduler chooses a backend for each new connection.
-type Scheduler uint8
-
-// Schedulers. The zero value is Weight.
-const (
-	// Weight picks a backend at random with probability weight/total, as
-	// the seed's `statistic --mode random` cascade does.
-	Weight Scheduler = iota
-)
-
-var schedulers = enum[Scheduler]{"scheduler", []string{"weight"}}
-
-func (s Scheduler) String() string { return schedulers.name(s) }
-
-// ParseScheduler parses "weight".
-func ParseScheduler(s string) (Scheduler, error) { return schedulers.parse(s) }
-
-// MarshalText implements encoding.TextMarshaler.
-func (s Scheduler) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (s *Scheduler) UnmarshalText(b []byte) (err error) { *s, err = ParseScheduler(string(b)); return }
 
 // BackendState says whether a backend takes new connections.
 type BackendState uint8

@@ -221,6 +221,7 @@ func Validate(s State, opts Options) error {
 		if !schedulers.ok(f.Scheduler) {
 			farm("scheduler", "unknown scheduler %d (want %s)", f.Scheduler, strings.Join(schedulers.valid(), ", "))
 		}
+		v.schedulerOptions(f, farm)
 		if f.Source.IsValid() {
 			switch {
 			case f.Mode == DNAT:
@@ -414,4 +415,56 @@ func (v *validator) err() error {
 	}
 	sort.SliceStable(v.problems, func(i, j int) bool { return v.problems[i].FarmIndex < v.problems[j].FarmIndex })
 	return &ValidationError{Problems: v.problems}
+}
+
+// Scheduler limits: they bound the elements one farm's schedule takes.
+const (
+	// MaxRoundRobinCycle bounds a round robin's cycle, the sum of its
+	// weights over their greatest common divisor: one slot each.
+	MaxRoundRobinCycle = 1 << 16
+	// MaxSlots bounds a consistent scheduler's table.
+	MaxSlots = 1 << 20
+)
+
+// schedulerOptions checks the options that go with the scheduler.
+func (v *validator) schedulerOptions(f Farm, farm func(field, format string, args ...any)) {
+	if len(f.HashFields) > 0 && !f.Scheduler.hashes() {
+		farm("hash_fields", "apply to the hash and consistent schedulers only, not %s", f.Scheduler)
+	}
+	for i, h := range f.HashFields {
+		if !hashFields.ok(h) {
+			farm(fmt.Sprintf("hash_fields[%d]", i), "unknown hash field %d (want %s)", h, strings.Join(hashFields.valid(), ", "))
+		} else if slices.Contains(f.HashFields[:i], h) {
+			farm(fmt.Sprintf("hash_fields[%d]", i), "%s is listed twice", h)
+		}
+	}
+	switch {
+	case f.Slots != 0 && f.Scheduler != Consistent:
+		farm("slots", "applies to the consistent scheduler only, not %s", f.Scheduler)
+	case f.Slots < 0 || f.Slots > MaxSlots:
+		farm("slots", "%d is outside 1-%d (0 means 100 per backend)", f.Slots, MaxSlots)
+	case f.Slots != 0 && f.Slots < 100*len(f.Backends):
+		farm("slots", "%d is fewer than 100 per backend (%d backends need %d)", f.Slots, len(f.Backends), 100*len(f.Backends))
+	case f.Scheduler == Consistent && maglevSize(len(f.Backends), f.Slots) > MaxSlots:
+		farm("slots", "%d backends need %d slots, more than %d", len(f.Backends), maglevSize(len(f.Backends), f.Slots), MaxSlots)
+	}
+	if f.Scheduler == RoundRobin {
+		weights := make([]int, 0, len(f.Backends))
+		for _, b := range f.Backends {
+			if b.Weight > 0 && b.Weight <= MaxWeight {
+				weights = append(weights, b.Weight)
+			}
+		}
+		if n := roundRobinCycle(weights); n > MaxRoundRobinCycle {
+			farm("backends", "a round robin cycle over these weights is %d slots, more than %d: use weights with a common divisor, or smaller ones", n, MaxRoundRobinCycle)
+		}
+	}
+	if p := f.Persistence; p != nil {
+		if !persistBys.ok(p.By) {
+			farm("persistence.by", "unknown persistence key %d (want %s)", p.By, strings.Join(persistBys.valid(), ", "))
+		}
+		if p.TTL < MinPersistTTL || p.TTL > MaxPersistTTL {
+			farm("persistence.ttl", "%s is outside %s-%s", p.TTL, MinPersistTTL, MaxPersistTTL)
+		}
+	}
 }

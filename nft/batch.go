@@ -42,10 +42,11 @@ const (
 	AddSet
 	AddElements
 	DeleteElements
+	DeleteChain
 )
 
 var verbNames = [...]string{AddTable: "add table", DeleteTable: "delete table", AddChain: "add chain",
-	AddRule: "add rule", AddSet: "add set", AddElements: "add element", DeleteElements: "delete element"}
+	AddRule: "add rule", AddSet: "add set", AddElements: "add element", DeleteElements: "delete element", DeleteChain: "delete chain"}
 
 func (v Verb) String() string {
 	if int(v) < len(verbNames) && verbNames[v] != "" {
@@ -132,6 +133,10 @@ type Chain struct {
 // AddChain creates a chain.
 func (b *Batch) AddChain(ch Chain) { b.add(1, Op{Verb: AddChain, Chain: ch}) }
 
+// DeleteChain deletes a regular chain and its rules. Nothing may jump to
+// it any more (EBUSY otherwise).
+func (b *Batch) DeleteChain(name string) { b.add(1, Op{Verb: DeleteChain, Chain: Chain{Name: name}}) }
+
 // Rule is one rule: its expressions and the comment that identifies it.
 type Rule struct {
 	Exprs   []expr.Any
@@ -164,6 +169,11 @@ type Set struct {
 	// Counter gives every element a packet and byte counter that any
 	// lookup matching the element updates.
 	Counter bool
+	// Dynamic lets rules add, update and delete elements (dynset); with
+	// Timeouts, elements can expire. Size caps the number of elements:
+	// a rule's add fails when the set is full.
+	Dynamic, Timeouts bool
+	Size              uint32
 }
 
 func (s Set) isMap() bool { return s.Data.Name != "" }
@@ -272,6 +282,8 @@ func queue(n *nftables.Conn, table *nftables.Table, op Op, sets map[string]*nfta
 			c.Type, c.Hooknum, c.Priority, c.Policy = h.Type, h.Hook, &prio, &accept
 		}
 		n.AddChain(c)
+	case DeleteChain:
+		n.DelChain(&nftables.Chain{Name: op.Chain.Name, Table: table})
 	case AddRule:
 		r := &nftables.Rule{Table: table, Chain: &nftables.Chain{Name: op.Chain.Name, Table: table}, Exprs: op.Rule.Exprs}
 		if op.Rule.Comment != "" {
@@ -314,5 +326,6 @@ func nftSet(table *nftables.Table, s Set) *nftables.Set {
 	return &nftables.Set{
 		Table: table, Name: s.Name, KeyType: s.Key, DataType: s.Data,
 		IsMap: s.isMap(), Interval: s.Interval, Concatenation: s.Concat,
+		Dynamic: s.Dynamic, HasTimeout: s.Timeouts, Size: s.Size,
 	}
 }

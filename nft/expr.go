@@ -130,27 +130,6 @@ func ScheduleKey(mark, slot uint32) []byte {
 	return binary.BigEndian.AppendUint32(be32(mark), slot)
 }
 
-// SetCtMarkFromSchedule draws a random slot in [0, modulus) and sets the
-// connection's mark to what map set holds for the current mark . slot:
-// ct mark set ct mark . numgen random mod modulus map @set. With the
-// current mark naming a farm and the map holding, per farm, slot ranges
-// sized by weight, it is a weighted random choice of backend in one
-// lookup, the `statistic --mode random` cascade of the seed design.
-//
-// The key is 8 bytes, both parts big-endian so that the kernel's byte-wise
-// comparison of an interval set orders them as numbers; mark and numgen
-// produce host order, hence the two conversions.
-func SetCtMarkFromSchedule(set string, modulus uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
-		&expr.Byteorder{SourceRegister: reg1, DestRegister: reg1, Op: expr.ByteorderHton, Len: 4, Size: 4},
-		&expr.Numgen{Register: reg32(1), Modulus: modulus, Type: unix.NFT_NG_RANDOM},
-		&expr.Byteorder{SourceRegister: reg32(1), DestRegister: reg32(1), Op: expr.ByteorderHton, Len: 4, Size: 4},
-		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
-		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
-	}
-}
-
 // MatchL4Proto matches one transport protocol (meta l4proto).
 func MatchL4Proto(proto uint8) []expr.Any {
 	return []expr.Any{

@@ -11,18 +11,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestSetCtMarkFromScheduleBuildsBigEndianKey(t *testing.T) {
-	got := SetCtMarkFromSchedule("sched", 1<<24)
+func TestChooseBySlotBuildsBigEndianKey(t *testing.T) {
+	got := ChooseBySlot("sched", RandomSlot(1<<24))
 	want := []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
-		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 4, Size: 4},
 		&expr.Numgen{Register: unix.NFT_REG32_01, Modulus: 1 << 24, Type: unix.NFT_NG_RANDOM},
 		&expr.Byteorder{SourceRegister: unix.NFT_REG32_01, DestRegister: unix.NFT_REG32_01, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 4, Size: 4},
 		&expr.Lookup{SourceRegister: 1, SetName: "sched", IsDestRegSet: true, DestRegister: 1},
 		&expr.Ct{Register: 1, Key: expr.CtKeyMARK, SourceRegister: true},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("SetCtMarkFromSchedule() mismatch (-want +got):\n%s", diff)
+		t.Errorf("ChooseBySlot() mismatch (-want +got):\n%s", diff)
 	}
 	if k := ScheduleKey(0x00050000, 258); !bytes.Equal(k, []byte{0, 5, 0, 0, 0, 0, 1, 2}) {
 		t.Errorf("ScheduleKey = %x", k)

@@ -71,6 +71,27 @@ type Conn struct {
 // Dial opens a connection like Ask but keeps it open. Topology.Close closes
 // connections left open. ctx bounds the dial and the greeting only.
 func (c *Client) Dial(ctx context.Context, network string, dst netip.AddrPort) (*Conn, error) {
+	return c.DialFrom(ctx, network, 0, dst)
+}
+
+// AskFrom is Ask from a given source port, so that a test can make the
+// same flow again: over UDP the balancer keeps choosing by the flow's
+// conntrack entry until it expires or is flushed; over TCP the port is
+// closed by reset so it can be reused at once.
+func (c *Client) AskFrom(ctx context.Context, network string, port uint16, dst netip.AddrPort) (Reply, error) {
+	conn, err := c.DialFrom(ctx, network, port, dst)
+	if err != nil {
+		return Reply{}, err
+	}
+	if tc, ok := conn.nc.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	defer conn.Close()
+	return conn.First(), nil
+}
+
+// DialFrom is Dial from source port port; 0 picks one.
+func (c *Client) DialFrom(ctx context.Context, network string, port uint16, dst netip.AddrPort) (*Conn, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	var udp bool
@@ -88,6 +109,13 @@ func (c *Client) Dial(ctx context.Context, network string, dst netip.AddrPort) (
 		// (switched) thread; Go dials several addresses in parallel only
 		// for names that resolve to both families.
 		var d net.Dialer
+		if port != 0 {
+			if udp {
+				d.LocalAddr = &net.UDPAddr{Port: int(port)}
+			} else {
+				d.LocalAddr = &net.TCPAddr{Port: int(port)}
+			}
+		}
 		var err error
 		nc, err = d.DialContext(ctx, network, dst.String())
 		return err
@@ -251,6 +279,20 @@ type SpreadResult struct {
 	Errors int
 	// Err is the first failure, if any.
 	Err error
+}
+
+// Add adds the counts and errors of o to r.
+func (r *SpreadResult) Add(o SpreadResult) {
+	if r.Counts == nil {
+		r.Counts = map[string]int{}
+	}
+	for n, c := range o.Counts {
+		r.Counts[n] += c
+	}
+	r.Errors += o.Errors
+	if r.Err == nil {
+		r.Err = o.Err
+	}
 }
 
 // Total returns the number of attempted connections.

@@ -1,0 +1,180 @@
+package lb
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+
+	"github.com/google/nftables/expr"
+	"github.com/l4nft/l4nft/nft"
+)
+
+// A farm whose options need values in rules (a round robin's cycle, a
+// hash's fields, a persistence timeout) gets a chain of its own, named
+// after its farm mark: farm_0x00001200. The farm_chains verdict map sends
+// the farm's new connections there, and the chain sets the backend mark
+// or refuses the connection. Like the farm's schedule, the chain belongs
+// to the farm mark: a change of options installs a new chain under a new
+// farm mark, re-points the services to it, then deletes the old one (see
+// plan), so a new connection always meets one whole version of the farm.
+//
+// Farms with none of these options (weighted random, no persistence) have
+// no chain: their choice is the shared shard chains', elements only.
+
+// farmChainPrefix starts the name of every farm chain.
+const farmChainPrefix = "farm_"
+
+// hashSeed is the seed of every jhash: fixed, so that balancers with the
+// same configuration choose alike.
+const hashSeed = 0x4c346e66
+
+// persistEntries caps each persistence map: when it is full, a new
+// connection is still balanced, only not remembered.
+const persistEntries = 1 << 20
+
+// needsChain reports whether a farm needs a chain of its own.
+func needsChain(f Farm) bool { return f.Scheduler != Weight || f.Persistence != nil }
+
+// idKey names a farm's lasting id in the mark table: a mark that, unlike
+// the farm mark, stays the farm's for its whole life. Persistence entries
+// are keyed by it, so that they outlive changes of the farm's schedule.
+// (Backend names cannot hold '#'.)
+func idKey(farm string) objectKey { return objectKey{farm, "#id"} }
+
+// needsID reports whether a farm needs a lasting id.
+func needsID(f Farm) bool { return f.Persistence != nil || f.Scheduler == Consistent }
+
+// farmMarks are the marks a farm chain names.
+type farmMarks struct {
+	farm, lasting, mask uint32
+}
+
+// persistSet returns the persistence map for a family and key.
+func persistSet(fam nft.Family, by PersistBy) nft.Set {
+	for _, s := range persistSets {
+		if s.Name == persistSetName(fam, by) {
+			return s
+		}
+	}
+	panic("no persistence map for " + persistSetName(fam, by))
+}
+
+func persistSetName(fam nft.Family, by PersistBy) string {
+	if fam == nft.IPv6 {
+		return fmt.Sprintf("persist_%s6", by)
+	}
+	return fmt.Sprintf("persist_%s4", by)
+}
+
+// farmChain compiles a farm's chain: persistence, the choice of backend
+// from schedule (drawing from space slots), and the refusal when no
+// backend takes connections.
+func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *chain {
+	fam := nft.FamilyOf(f.Address)
+	c := &chain{Chain: nft.Chain{Name: farmChainPrefix + markText(m.farm)}}
+	textf := func(format string, args ...any) string {
+		if !text {
+			return ""
+		}
+		return fmt.Sprintf(format, args...)
+	}
+	var key nft.PersistKey
+	var persist nft.Set
+	var ttl string
+	if p := f.Persistence; p != nil {
+		key = nft.PersistKey{Family: fam, ID: m.lasting, Fields: p.By.fields()}
+		persist = persistSet(fam, p.By)
+		ttl = p.TTL.String()
+		k := fmt.Sprintf("%s . %s", markText(m.lasting), fieldsText(fam, key.Fields))
+		c.rules = append(c.rules,
+			rule{
+				Rule: nft.Rule{Exprs: nft.RestorePersisted(key, persist.Name, setPersistOK.Name, m.farm, p.TTL.duration()), Comment: "persistence: the client's backend, while it takes connections"},
+				text: textf("ct mark set %s map @%s %s . ct mark @%s update @%s { %s timeout %s : ct mark } return", k, persist.Name, markText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
+				seed: "nftlb: persistence (ip saddr ... ct mark set @persist-map)",
+			},
+			rule{
+				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name), Comment: "persistence: forget a backend that takes no connections"},
+				text: textf("delete @%s { %s }", persist.Name, k),
+			})
+	}
+	var slot []expr.Any
+	var slotText string
+	switch f.Scheduler {
+	case RoundRobin:
+		slot, slotText = nft.CounterSlot(space), fmt.Sprintf("numgen inc mod %d", space)
+	case SymHash:
+		slot, slotText = nft.SymHashSlot(space), fmt.Sprintf("symhash mod %d", space)
+	case Hash, Consistent:
+		fields := nftFields(f.HashFields)
+		slot, slotText = nft.HashSlot(fam, fields, space, hashSeed), fmt.Sprintf("jhash %s mod %d seed 0x%x", fieldsText(fam, fields), space, hashSeed)
+	default:
+		slot, slotText = nft.RandomSlot(space), fmt.Sprintf("numgen random mod %d", space)
+	}
+	choose := nft.ChooseBySlot(schedule.Name, slot)
+	chooseText := fmt.Sprintf("ct mark set ct mark . %s map @%s", slotText, schedule.Name)
+	if f.Scheduler == Consistent {
+		choose = nft.ChooseFromTable(setConsistent.Name, m.lasting, slot)
+		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", markText(m.lasting), slotText, setConsistent.Name)
+	}
+	if f.Persistence != nil {
+		choose = slices.Concat(choose, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
+		chooseText += textf(" add @%s { %s . %s timeout %s : ct mark }", persist.Name, markText(m.lasting), fieldsText(fam, key.Fields), ttl)
+	}
+	c.rules = append(c.rules,
+		rule{
+			Rule: nft.Rule{Exprs: choose, Comment: f.Scheduler.String() + " choice of backend"},
+			text: textf("%s", chooseText),
+			seed: seedOf(f.Scheduler),
+		},
+		rule{
+			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtMarkIs(m.mask, m.farm), nft.MatchL4Proto(protoTCP), []expr.Any{nft.RejectTCPReset()}), Comment: "no available backend: refuse"},
+			text: textf("ct mark & %s == %s meta l4proto tcp reject with tcp reset", markText(m.mask), markText(m.farm)),
+		},
+		rule{
+			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtMarkIs(m.mask, m.farm), []expr.Any{nft.RejectUnreachable()}), Comment: "no available backend: refuse"},
+			text: textf("ct mark & %s == %s reject with icmpx port-unreachable", markText(m.mask), markText(m.farm)),
+		})
+	return c
+}
+
+// seedOf names the equivalent of a scheduler in nftlb or IPVS.
+func seedOf(s Scheduler) string {
+	switch s {
+	case RoundRobin:
+		return "nftlb: numgen inc mod N map { ... } (rr); IPVS: wrr"
+	case Hash:
+		return "nftlb: jhash ... mod N map { ... } (hash); IPVS: sh"
+	case SymHash:
+		return "nftlb: symhash mod N map { ... } (symhash)"
+	case Consistent:
+		return "IPVS: mh (Maglev); no nftlb or iptables equivalent"
+	}
+	return "iptables -m statistic --mode random (one rule per backend)"
+}
+
+// sameChain reports whether two farms' chains are the same rules.
+func sameChain(a, b *chain) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.Name != b.Name || len(a.rules) != len(b.rules) {
+		return false
+	}
+	for i := range a.rules {
+		if a.rules[i].Comment != b.rules[i].Comment || !sameExprs(a.rules[i].Exprs, b.rules[i].Exprs) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameExprs(a, b []expr.Any) bool { return reflect.DeepEqual(a, b) }
+
+// chainName returns the name of the farm's chain; "" for none, or for no
+// farm (c nil).
+func (c *compiledFarm) chainName() string {
+	if c == nil || c.chain == nil {
+		return ""
+	}
+	return c.chain.Name
+}
