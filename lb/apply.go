@@ -557,8 +557,12 @@ func buildAll(batch *nft.Batch, o Options, farms map[string]*compiledFarm) {
 	}
 }
 
-// queueChain queues a regular chain and its rules.
+// queueChain queues a regular chain and its rules, and the helper
+// objects they name (adding one that exists changes nothing).
 func queueChain(batch *nft.Batch, c *chain) {
+	for _, h := range c.helpers {
+		batch.AddHelper(h)
+	}
 	batch.AddChain(c.Chain)
 	for _, rl := range c.rules {
 		batch.AddRule(c.Name, rl.Rule)
@@ -567,6 +571,9 @@ func queueChain(batch *nft.Batch, c *chain) {
 
 // writeChain writes a regular chain and its rules in nft syntax.
 func writeChain(w *strings.Builder, table string, c *chain) {
+	for _, h := range c.helpers {
+		fmt.Fprintf(w, "add ct helper inet %s %s { type %q protocol %s; l3proto inet; }\n", table, h.Name, h.Helper, protoName(h.Proto))
+	}
 	fmt.Fprintf(w, "add chain inet %s %s\n", table, c.Name)
 	for _, r := range c.rules {
 		fmt.Fprintf(w, "add rule inet %s %s %s comment %q\n", table, c.Name, r.text, r.Comment)

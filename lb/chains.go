@@ -23,6 +23,8 @@ type chain struct {
 	nft.Chain
 	hook  string
 	rules []rule
+	// helpers are the ct helper objects the rules name, made before them.
+	helpers []nft.HelperObject
 }
 
 // shardElements are the elements of the schedule_shards verdict map: the
@@ -83,11 +85,23 @@ func baseChains(o Options) []chain {
 			},
 		},
 	}
+	// tcp_strict: a packet conntrack finds invalid, to a farm in the
+	// strict map, is counted and dropped.
+	strict := func(fam nft.Family, set nft.Set) rule {
+		return rule{
+			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtStateInvalid(), nft.CountInvalidToService(fam, set.Name, setStrict.Name, setRejects.Name, uint32(reasonInvalid)), []expr.Any{nft.Drop()}),
+				Comment: "tcp_strict: drop invalid packets to the farm"},
+			text: fmt.Sprintf("ct state invalid %s daddr . meta l4proto . th dport map @%s map @%s . %d @%s drop", fam, set.Name, setStrict.Name, reasonInvalid, setRejects.Name),
+			seed: "nftlb: tcp-strict (ct state invalid drop)",
+		}
+	}
 	filter := func(name string, hook *nftables.ChainHook, hookName string) chain {
 		return chain{
 			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Hook: hook, Priority: priorityChoose}},
 			hook:  fmt.Sprintf("type filter hook %s priority %d; policy accept;", hookName, priorityChoose),
 			rules: []rule{
+				strict(nft.IPv4, setServices4), strict(nft.IPv4, setServiceRanges4),
+				strict(nft.IPv6, setServices6), strict(nft.IPv6, setServiceRanges6),
 				{
 					Rule: nft.Rule{Exprs: slices.Concat(ctNew, []expr.Any{nft.Jump(chainChoose)}), Comment: "new connections choose a backend"},
 					text: "ct state new jump " + chainChoose,

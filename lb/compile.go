@@ -70,6 +70,19 @@ func farmComment(f Farm, id uint32) string {
 	if p := f.Persistence; p != nil {
 		c += fmt.Sprintf(" persist=%s/%s", p.By, p.TTL)
 	}
+	if l := f.Limits; l != nil {
+		c += fmt.Sprintf(" limits=%d/%d/%d/%d/%s", l.NewPerSecond, l.Burst, l.NewPerClientPerSecond, l.EstablishedPerClient, l.Action)
+	}
+	if f.TCPStrict {
+		c += " strict=true"
+	}
+	if len(f.Helpers) > 0 {
+		names := make([]string, len(f.Helpers))
+		for i, h := range f.Helpers {
+			names[i] = h.String()
+		}
+		c += " helpers=" + strings.Join(names, ",")
+	}
 	if id != 0 {
 		c += " id=" + markText(id)
 	}
@@ -209,6 +222,28 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 			})
 			c.add(schedule, element{Element: nft.Element{Key: nft.ScheduleKey(id, r.hi), IntervalEnd: true}})
 		}
+	}
+	for _, r := range reasons(f) {
+		c.add(setRejects, element{
+			Element: nft.Element{Key: nft.PairKey(lasting, uint32(r))},
+			text:    textf("%s . %d comment %q", markText(lasting), r, reasonNames[r]),
+		})
+	}
+	allow, deny := setAllow4, setDeny4
+	if fam == nft.IPv6 {
+		allow, deny = setAllow6, setDeny6
+	}
+	if len(f.Allow) > 0 {
+		c.elements[allow.Name] = listElements(lasting, f.Allow, textf)
+	}
+	if len(f.Deny) > 0 {
+		c.elements[deny.Name] = listElements(lasting, f.Deny, textf)
+	}
+	if f.TCPStrict {
+		c.add(setStrict, element{
+			Element: nft.Element{Key: nft.Mark(id), Value: nft.Mark(lasting)},
+			text:    textf("%s : %s", markText(id), markText(lasting)),
+		})
 	}
 	if needsChain(f) {
 		c.chain = farmChain(f, farmMarks{farm: id, lasting: lasting, mask: mask}, schedule, space, text)

@@ -111,7 +111,10 @@ func sameFarm(a, b Farm) bool {
 		a.Mode == b.Mode && a.Scheduler == b.Scheduler && a.Source == b.Source &&
 		slices.Equal(a.Ports, b.Ports) && slices.Equal(a.Backends, b.Backends) &&
 		slices.Equal(a.HashFields, b.HashFields) && a.Slots == b.Slots &&
-		(a.Persistence == nil) == (b.Persistence == nil) && (a.Persistence == nil || *a.Persistence == *b.Persistence)
+		(a.Persistence == nil) == (b.Persistence == nil) && (a.Persistence == nil || *a.Persistence == *b.Persistence) &&
+		(a.Limits == nil) == (b.Limits == nil) && (a.Limits == nil || *a.Limits == *b.Limits) &&
+		a.TCPStrict == b.TCPStrict && slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Deny, b.Deny) &&
+		slices.Equal(a.Helpers, b.Helpers)
 }
 
 func cloneFarm(f Farm) Farm {
@@ -122,6 +125,11 @@ func cloneFarm(f Farm) Farm {
 		p := *f.Persistence
 		f.Persistence = &p
 	}
+	if f.Limits != nil {
+		l := *f.Limits
+		f.Limits = &l
+	}
+	f.Allow, f.Deny, f.Helpers = slices.Clone(f.Allow), slices.Clone(f.Deny), slices.Clone(f.Helpers)
 	return f
 }
 

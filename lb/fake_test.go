@@ -92,6 +92,8 @@ func (k *fakeKernel) apply(op nft.Op) (undo, error) {
 		}
 		k.rules[op.Chain.Name] = []nft.RuleInfo{}
 		return func() { delete(k.rules, op.Chain.Name) }, nil
+	case nft.AddHelper:
+		return func() {}, nil
 	case nft.DeleteChain:
 		rs, ok := k.rules[op.Chain.Name]
 		if !ok {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"time"
 
 	"github.com/google/nftables/expr"
 	"github.com/l4nft/l4nft/nft"
@@ -33,7 +34,9 @@ const hashSeed = 0x4c346e66
 const persistEntries = 1 << 20
 
 // needsChain reports whether a farm needs a chain of its own.
-func needsChain(f Farm) bool { return f.Scheduler != Weight || f.Persistence != nil }
+func needsChain(f Farm) bool {
+	return f.Scheduler != Weight || f.Persistence != nil || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || len(f.Helpers) > 0
+}
 
 // idKey names a farm's lasting id in the mark table: a mark that, unlike
 // the farm mark, stays the farm's for its whole life. Persistence entries
@@ -42,7 +45,9 @@ func needsChain(f Farm) bool { return f.Scheduler != Weight || f.Persistence != 
 func idKey(farm string) objectKey { return objectKey{farm, "#id"} }
 
 // needsID reports whether a farm needs a lasting id.
-func needsID(f Farm) bool { return f.Persistence != nil || f.Scheduler == Consistent }
+func needsID(f Farm) bool {
+	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || f.TCPStrict
+}
 
 // farmMarks are the marks a farm chain names.
 type farmMarks struct {
@@ -78,6 +83,8 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 		}
 		return fmt.Sprintf(format, args...)
 	}
+	c.rules = append(c.rules, admission(f, m, text)...)
+	c.helpers = helperObjectsOf(f)
 	var key nft.PersistKey
 	var persist nft.Set
 	var ttl string
@@ -177,4 +184,110 @@ func (c *compiledFarm) chainName() string {
 		return ""
 	}
 	return c.chain.Name
+}
+
+// admission compiles the rules that admit a farm's new connections or
+// not, in order: deny list, allow list, limits, then helpers for those
+// admitted. Each refusal is counted by reason in the rejects set.
+func admission(f Farm, m farmMarks, text bool) []rule {
+	fam := nft.FamilyOf(f.Address)
+	textf := func(format string, args ...any) string {
+		if !text {
+			return ""
+		}
+		return fmt.Sprintf(format, args...)
+	}
+	key := nft.ClientKey(fam, m.lasting)
+	keyText := fmt.Sprintf("%s . %s saddr", markText(m.lasting), fam)
+	count := func(r rejectReason) []expr.Any { return nft.CountPair(setRejects.Name, m.lasting, uint32(r)) }
+	countText := func(r rejectReason) string {
+		return fmt.Sprintf("%s . %d @%s", markText(m.lasting), r, setRejects.Name)
+	}
+	action, actionText := []expr.Any{nft.RejectUnreachable()}, "reject with icmpx port-unreachable"
+	if f.Protocol == TCP {
+		action, actionText = []expr.Any{nft.RejectTCPReset()}, "reject with tcp reset"
+	}
+	if f.Limits != nil && f.Limits.Action == Drop {
+		action, actionText = []expr.Any{nft.Drop()}, "drop"
+	}
+	var out []rule
+	refuse := func(match []expr.Any, matchText string, r rejectReason, verdict []expr.Any, verdictText, seed string) {
+		out = append(out, rule{
+			Rule: nft.Rule{Exprs: slices.Concat(match, count(r), verdict), Comment: "refuse: " + reasonNames[r]},
+			text: textf("%s %s %s", matchText, countText(r), verdictText),
+			seed: seed,
+		})
+	}
+	allow, deny := setAllow4, setDeny4
+	if fam == nft.IPv6 {
+		allow, deny = setAllow6, setDeny6
+	}
+	if len(f.Deny) > 0 {
+		refuse(nft.MatchKeyIn(key, deny.Name, false), fmt.Sprintf("%s @%s", keyText, deny.Name), reasonDenied,
+			[]expr.Any{nft.Drop()}, "drop", "nftlb: policy type blacklist")
+	}
+	if len(f.Allow) > 0 {
+		refuse(nft.MatchKeyIn(key, allow.Name, true), fmt.Sprintf("%s != @%s", keyText, allow.Name), reasonNotAllowed,
+			[]expr.Any{nft.Drop()}, "drop", "nftlb: policy type whitelist")
+	}
+	if l := f.Limits; l != nil {
+		burst := func(rate int) uint32 {
+			if l.Burst > 0 {
+				return uint32(l.Burst)
+			}
+			return uint32(rate)
+		}
+		if l.NewPerSecond > 0 {
+			refuse(nft.OverRate(uint32(l.NewPerSecond), burst(l.NewPerSecond)),
+				fmt.Sprintf("limit rate over %d/second burst %d packets", l.NewPerSecond, burst(l.NewPerSecond)),
+				reasonRate, action, actionText, "nftlb: new-rtlimit")
+		}
+		if l.NewPerClientPerSecond > 0 {
+			set := setClientRate4
+			if fam == nft.IPv6 {
+				set = setClientRate6
+			}
+			refuse(nft.KeyOverRate(key, set.Name, uint32(l.NewPerClientPerSecond), burst(l.NewPerClientPerSecond), clientIdle),
+				fmt.Sprintf("update @%s { %s timeout %s limit rate over %d/second burst %d packets }", set.Name, keyText, clientIdle, l.NewPerClientPerSecond, burst(l.NewPerClientPerSecond)),
+				reasonClientRate, action, actionText, "nftlb: new-rtlimit per source (meter)")
+		}
+		if l.EstablishedPerClient > 0 {
+			set := setClientConns4
+			if fam == nft.IPv6 {
+				set = setClientConns6
+			}
+			refuse(nft.KeyOverConnections(key, set.Name, uint32(l.EstablishedPerClient)),
+				fmt.Sprintf("add @%s { %s ct count over %d }", set.Name, keyText, l.EstablishedPerClient),
+				reasonClientConnections, action, actionText, "nftlb: est-connlimit")
+		}
+	}
+	for _, h := range f.Helpers {
+		for _, proto := range f.Protocol.numbers() {
+			for _, o := range objectsOf(h, proto) {
+				out = append(out, rule{
+					Rule: nft.Rule{Exprs: append(nft.MatchL4Proto(proto), nft.SetCtHelper(o.name)), Comment: "conntrack helper " + o.name},
+					text: textf("meta l4proto %s ct helper set %q", protoName(proto), o.name),
+					seed: "iptables -t raw -A PREROUTING -p tcp --dport 21 -j CT --helper ftp",
+				})
+			}
+		}
+	}
+	return out
+}
+
+// clientIdle is how long a client's rate limiter outlives its last new
+// connection.
+const clientIdle = time.Minute
+
+// helperObjectsOf returns the helper objects a farm's chain names.
+func helperObjectsOf(f Farm) []nft.HelperObject {
+	var out []nft.HelperObject
+	for _, h := range f.Helpers {
+		for _, proto := range f.Protocol.numbers() {
+			for _, o := range objectsOf(h, proto) {
+				out = append(out, nft.HelperObject{Name: o.name, Helper: o.helper, Proto: o.proto})
+			}
+		}
+	}
+	return out
 }

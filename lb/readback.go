@@ -253,12 +253,23 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 	a.order = sortedKeys(specs)
 
 	// Give every element to its farm, by key: a service's comment, a
-	// schedule's farm mark, or a backend's mark.
+	// schedule's farm mark, or a backend's mark. A list's end belongs to
+	// the range it ends, whose start comes before it in key order (its own
+	// key may be carried into the next id).
 	for _, set := range allSets {
+		if isList(set.Name) {
+			sortElements(kernel[set.Name])
+		}
+		var last objectKey
 		for _, e := range kernel[set.Name] {
 			var k objectKey
 			var ok bool
 			switch {
+			case isList(set.Name) && e.IntervalEnd:
+				k, ok = last, last.farm != ""
+			case isList(set.Name):
+				k, ok = owner[nft.ParseMark(e.Key)]
+				last = k
 			case isService(set.Name):
 				k, ok = owner[nft.ParseMark(e.Value)]
 				ok = ok && parseComment(e.Comment)["farm"] == k.farm
@@ -282,6 +293,12 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 		}
 	}
 	for _, c := range a.farms {
+		for _, set := range []nft.Set{setAllow4, setAllow6} {
+			c.spec.Allow = append(c.spec.Allow, listPrefixes(c.elements[set.Name])...)
+		}
+		for _, set := range []nft.Set{setDeny4, setDeny6} {
+			c.spec.Deny = append(c.spec.Deny, listPrefixes(c.elements[set.Name])...)
+		}
 		want := compileFarm(c.spec, markMap(a.marks), mask, false)
 		c.dirty = !sameElements(c.elements, want.elements)
 		if name := want.chainName(); name != "" {
@@ -334,6 +351,27 @@ func (f *Farm) parseComment(kv map[string]string) error {
 			return fmt.Errorf("farm %q: persistence: %w", f.Name, err)
 		}
 		f.Persistence = p
+	}
+	if v, ok := kv["limits"]; ok {
+		l := &Limits{}
+		var action string
+		if _, err := fmt.Sscanf(strings.ReplaceAll(v, "/", " "), "%d %d %d %d %s", &l.NewPerSecond, &l.Burst, &l.NewPerClientPerSecond, &l.EstablishedPerClient, &action); err != nil {
+			return fmt.Errorf("farm %q: limits %q: %w", f.Name, v, err)
+		}
+		if l.Action, err = ParseLimitAction(action); err != nil {
+			return fmt.Errorf("farm %q: %w", f.Name, err)
+		}
+		f.Limits = l
+	}
+	f.TCPStrict = kv["strict"] == "true"
+	if v, ok := kv["helpers"]; ok {
+		for _, name := range strings.Split(v, ",") {
+			h, err := ParseHelper(name)
+			if err != nil {
+				return fmt.Errorf("farm %q: %w", f.Name, err)
+			}
+			f.Helpers = append(f.Helpers, h)
+		}
 	}
 	return nil
 }

@@ -75,8 +75,10 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		switch {
 		case isSchedule(s.Name):
 			p(2, "typeof ct mark . numgen random mod %d : ct mark", scheduleSlots)
-		case s.Name == setPersistOK.Name:
+		case s.Name == setPersistOK.Name || s.Name == setRejects.Name:
 			p(2, "typeof ct mark . ct mark")
+		case isList(s.Name) || strings.HasPrefix(s.Name, "client_"):
+			p(2, "typeof ct mark . %s saddr", map[bool]string{true: "ip6", false: "ip"}[strings.HasSuffix(s.Name, "6")])
 		case s.Name == setConsistent.Name:
 			p(2, "typeof ct mark . ct mark : ct mark")
 		case s.Dynamic:
@@ -90,7 +92,11 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 			p(2, "flags interval")
 		}
 		if s.Dynamic {
-			p(2, "flags dynamic,timeout")
+			flags := "dynamic"
+			if s.Timeouts {
+				flags += ",timeout"
+			}
+			p(2, "flags %s", flags)
 			p(2, "size %d", s.Size)
 		}
 		if s.Counter {
@@ -123,9 +129,19 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		p(1, "}")
 	}
 	chains := baseChains(o)
+	helpersMade := map[string]bool{}
 	for _, name := range sortedKeys(farms) {
 		if c := farms[name].chain; c != nil {
 			chains = append(chains, *c)
+			for _, h := range c.helpers {
+				if !helpersMade[h.Name] {
+					helpersMade[h.Name] = true
+					p(1, "ct helper %s {", h.Name)
+					p(2, "type %q protocol %s", h.Helper, protoName(h.Proto))
+					p(2, "l3proto inet")
+					p(1, "}")
+				}
+			}
 		}
 	}
 	for _, c := range chains {

@@ -90,6 +90,24 @@ var (
 	// tables of the farms with the consistent scheduler. A hash map, so a
 	// change of a farm's table rewrites its changed slots in place.
 	setConsistent = nft.Set{Name: "consistent", Key: slotKey, Data: nftables.TypeMark}
+	// allow4, allow6, deny4, deny6: lasting farm id . source address
+	// ranges, the farms' allow and deny lists (see listElements).
+	setAllow4 = nft.Set{Name: "allow4", Key: integerKey(8), Interval: true}
+	setAllow6 = nft.Set{Name: "allow6", Key: integerKey(20), Interval: true}
+	setDeny4  = nft.Set{Name: "deny4", Key: integerKey(8), Interval: true}
+	setDeny6  = nft.Set{Name: "deny6", Key: integerKey(20), Interval: true}
+	// rejects: lasting farm id . reason, one counted element per reason a
+	// farm refuses connections for (see Rejections).
+	setRejects = nft.Set{Name: "rejects", Key: slotKey, Counter: true}
+	// strict: the farm mark of a farm with TCPStrict -> its lasting id.
+	setStrict = nft.Set{Name: "strict", Key: nftables.TypeMark, Data: nftables.TypeMark}
+	// client_rate4/6 and client_conns4/6: lasting farm id . client
+	// address -> the client's rate limiter or connection count, made by
+	// the rules as clients arrive.
+	setClientRate4  = nft.Set{Name: "client_rate4", Key: integerKey(8), Dynamic: true, Timeouts: true, Size: clientEntries}
+	setClientRate6  = nft.Set{Name: "client_rate6", Key: integerKey(20), Dynamic: true, Timeouts: true, Size: clientEntries}
+	setClientConns4 = nft.Set{Name: "client_conns4", Key: integerKey(8), Dynamic: true, Size: clientEntries}
+	setClientConns6 = nft.Set{Name: "client_conns6", Key: integerKey(20), Dynamic: true, Size: clientEntries}
 	// persist_BY_FAMILY: lasting farm id . client key -> backend mark,
 	// written by the rules as connections arrive and expiring on their
 	// own. They hold no farm's elements: nothing reads them back or
@@ -121,16 +139,37 @@ var allSets = slices.Concat(
 	scheduleSets,
 	[]nft.Set{setShards, setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
 		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema,
-		setFarmChains, setPersistOK, setConsistent},
+		setFarmChains, setPersistOK, setConsistent,
+		setAllow4, setAllow6, setDeny4, setDeny6, setRejects, setStrict},
 )
 
+// trafficSets are the sets whose elements the rules make as connections
+// arrive: no farm's, never read back or diffed.
+var trafficSets = slices.Concat(persistSets, []nft.Set{setClientRate4, setClientRate6, setClientConns4, setClientConns6})
+
+// clientEntries caps each per-client set: when one is full, a new client
+// is admitted without a limit of its own.
+const clientEntries = 1 << 20
+
+// integerKey is an integer key of n bytes.
+func integerKey(n uint32) nftables.SetDatatype {
+	t := nftables.TypeInteger
+	t.Bytes = n
+	return t
+}
+
 // tableSets is every set the table is made with: allSets, whose elements
-// are farms', and the persistence maps, whose elements are the traffic's.
-var tableSets = slices.Concat(allSets, persistSets)
+// are farms', and trafficSets.
+var tableSets = slices.Concat(allSets, trafficSets)
 
 // isService reports whether a set is one of the services maps.
 func isService(name string) bool {
 	return name == setServices4.Name || name == setServiceRanges4.Name || name == setServices6.Name || name == setServiceRanges6.Name
+}
+
+// isList reports whether a set holds allow or deny lists.
+func isList(name string) bool {
+	return name == setAllow4.Name || name == setAllow6.Name || name == setDeny4.Name || name == setDeny6.Name
 }
 
 // isSchedule reports whether a set is one of the schedule maps.

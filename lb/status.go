@@ -24,6 +24,9 @@ type FarmStatus struct {
 	// PersistenceEntries is the number of clients persistence remembers
 	// (live entries of the farm's persistence map); 0 without persistence.
 	PersistenceEntries uint64 `json:"persistence_entries,omitempty"`
+	// Rejected counts the new connections the farm's limits, lists and
+	// tcp_strict refused, by reason.
+	Rejected Rejections `json:"rejected,omitzero"`
 }
 
 // BackendStatus is a backend with its counters. Counters start at zero
@@ -51,11 +54,15 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 	rebuild := b.rebuild
 	st := Status{Farms: make([]FarmStatus, 0, len(b.order))}
 	byMark := map[uint32]*BackendStatus{}
-	// The farms with persistence, by lasting id, and their maps.
+	// The farms with a lasting id, by it; the persistence maps in use.
+	lasting := map[uint32]int{}
 	persisting := map[uint32]int{}
 	var persistMaps []nft.Set
 	for _, name := range b.order {
 		f := b.farms[name].spec
+		if id := b.marks.owner[idKey(name)]; id != 0 {
+			lasting[id] = len(st.Farms)
+		}
 		if p := f.Persistence; p != nil {
 			persisting[b.marks.owner[idKey(name)]] = len(st.Farms)
 			if s := persistSet(nft.FamilyOf(f.Address), p.By); !slices.Contains(persistMaps, s) {
@@ -95,6 +102,17 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 				default:
 					bs.Connections = e.Packets // the dnat lookup runs once per connection
 				}
+			}
+		}
+	}
+	if !rebuild && len(lasting) > 0 {
+		elems, err := b.stats.Counters(b.opts.Table, setRejects)
+		if err != nil {
+			return Status{}, fmt.Errorf("reading rejections: %w", err)
+		}
+		for _, e := range elems {
+			if fi, ok := lasting[nft.ParseMark(e.Key)]; ok && len(e.Key) == 8 {
+				st.Farms[fi].Rejected.add(rejectReason(nft.ParseMark(e.Key[4:])), e.Packets)
 			}
 		}
 	}

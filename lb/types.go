@@ -41,6 +41,21 @@ type Farm struct {
 	// reached last, while that backend takes connections and the entry
 	// has not expired; nil means none.
 	Persistence *Persistence `json:"persistence,omitempty"`
+	// Limits bound new connections to the farm, in all and per client.
+	Limits *Limits `json:"limits,omitempty"`
+	// TCPStrict drops the packets to the farm that conntrack finds
+	// invalid (out of window, or of no connection it knows), as nftlb's
+	// tcp-strict does.
+	TCPStrict bool `json:"tcp_strict,omitempty"`
+	// Allow, if not empty, admits only clients whose source address is in
+	// one of these prefixes; Deny refuses those in one of its prefixes,
+	// and wins over Allow. Prefixes are of the farm's family.
+	Allow []netip.Prefix `json:"allow,omitempty"`
+	Deny  []netip.Prefix `json:"deny,omitempty"`
+	// Helpers are the conntrack helpers the farm's connections use, so
+	// that protocols which open further connections (ftp's data
+	// connection) work through the balancer.
+	Helpers []Helper `json:"helpers,omitempty"`
 	// Source is the address NAT mode rewrites the client's to. The zero
 	// Addr means masquerade: the balancer's address on the way out. It
 	// must be zero in DNAT mode.

@@ -222,6 +222,7 @@ func Validate(s State, opts Options) error {
 			farm("scheduler", "unknown scheduler %d (want %s)", f.Scheduler, strings.Join(schedulers.valid(), ", "))
 		}
 		v.schedulerOptions(f, farm)
+		v.admissionProblems(f, farm)
 		if f.Source.IsValid() {
 			switch {
 			case f.Mode == DNAT:

@@ -6,6 +6,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
 )
 
 // Chunk limits for element lists. One list must stay below the 64 KiB
@@ -43,10 +44,11 @@ const (
 	AddElements
 	DeleteElements
 	DeleteChain
+	AddHelper
 )
 
 var verbNames = [...]string{AddTable: "add table", DeleteTable: "delete table", AddChain: "add chain",
-	AddRule: "add rule", AddSet: "add set", AddElements: "add element", DeleteElements: "delete element", DeleteChain: "delete chain"}
+	AddRule: "add rule", AddSet: "add set", AddElements: "add element", DeleteElements: "delete element", DeleteChain: "delete chain", AddHelper: "add ct helper"}
 
 func (v Verb) String() string {
 	if int(v) < len(verbNames) && verbNames[v] != "" {
@@ -66,7 +68,20 @@ type Op struct {
 	Set Set
 	// Elements are the elements added or deleted.
 	Elements []Element
+	// Helper is the ct helper object of AddHelper.
+	Helper HelperObject
 }
+
+// HelperObject is a ct helper object: Name in the table, for the kernel's
+// helper Helper (such as "ftp") on transport protocol Proto.
+type HelperObject struct {
+	Name, Helper string
+	Proto        uint8
+}
+
+// AddHelper creates a ct helper object, or leaves it as it is if it
+// exists. The kernel loads the helper's module if it must.
+func (b *Batch) AddHelper(h HelperObject) { b.add(1, Op{Verb: AddHelper, Helper: h}) }
 
 // NewBatch starts a batch for the inet table named table.
 func NewBatch(table string) *Batch {
@@ -284,6 +299,9 @@ func queue(n *nftables.Conn, table *nftables.Table, op Op, sets map[string]*nfta
 		n.AddChain(c)
 	case DeleteChain:
 		n.DelChain(&nftables.Chain{Name: op.Chain.Name, Table: table})
+	case AddHelper:
+		n.AddObj(&nftables.NamedObj{Table: table, Name: op.Helper.Name, Type: nftables.ObjTypeCtHelper,
+			Obj: &expr.CtHelper{Name: op.Helper.Helper, L3Proto: unix.NFPROTO_INET, L4Proto: op.Helper.Proto}})
 	case AddRule:
 		r := &nftables.Rule{Table: table, Chain: &nftables.Chain{Name: op.Chain.Name, Table: table}, Exprs: op.Rule.Exprs}
 		if op.Rule.Comment != "" {
