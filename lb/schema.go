@@ -13,7 +13,7 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 5
+const schemaVersion = 6
 
 // The table's sets and maps. Farms and backends are elements of these;
 // there is no kernel object per farm.
@@ -32,6 +32,11 @@ var (
 	setServices6      = nft.Set{Name: "services6", Key: service6, Data: nftables.TypeMark, Concat: true}
 	setServiceRanges4 = nft.Set{Name: "service_ranges4", Key: service4, Data: nftables.TypeMark, Concat: true, Interval: true}
 	setServiceRanges6 = nft.Set{Name: "service_ranges6", Key: service6, Data: nftables.TypeMark, Concat: true, Interval: true}
+	// services_addr: address -> the mark of the farm that serves every
+	// protocol there (AllProtocols). Looked up after the maps above, so
+	// a farm's own ports on the same address win.
+	setServicesAddr4 = nft.Set{Name: "services_addr4", Key: nftables.TypeIPAddr, Data: nftables.TypeMark}
+	setServicesAddr6 = nft.Set{Name: "services_addr6", Key: nftables.TypeIP6Addr, Data: nftables.TypeMark}
 	// schedule00..63: farm mark . random slot -> backend mark. Each
 	// available backend owns a range of its farm's slots sized by its
 	// weight. The 8-byte key is one field to the kernel (not a
@@ -88,9 +93,12 @@ const maxShards = 64
 // backend's share is exact to within 1/scheduleSlots.
 const scheduleSlots = 1 << 24
 
+// serviceSets are the maps that give a new connection its farm's mark.
+var serviceSets = []nft.Set{setServices4, setServiceRanges4, setServicesAddr4, setServices6, setServiceRanges6, setServicesAddr6}
+
 // allSets is every set of the table, in creation order.
 var allSets = slices.Concat(
-	[]nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6},
+	serviceSets,
 	scheduleSets,
 	[]nft.Set{setShards, setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
 		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema},
@@ -98,7 +106,12 @@ var allSets = slices.Concat(
 
 // isService reports whether a set is one of the services maps.
 func isService(name string) bool {
-	return name == setServices4.Name || name == setServiceRanges4.Name || name == setServices6.Name || name == setServiceRanges6.Name
+	switch name {
+	case setServices4.Name, setServiceRanges4.Name, setServicesAddr4.Name,
+		setServices6.Name, setServiceRanges6.Name, setServicesAddr6.Name:
+		return true
+	}
+	return false
 }
 
 // isSchedule reports whether a set is one of the schedule maps.
