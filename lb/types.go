@@ -23,7 +23,7 @@ type Farm struct {
 	Address netip.Addr `json:"address"`
 	// Ports are the ports served; a range stays one range in the kernel.
 	// A farm of protocol AllProtocols has none.
-	Ports []PortRange `json:"ports"`
+	Ports []PortRange `json:"ports,omitempty"`
 	// Protocol is TCP, UDP, both, SCTP, or every protocol (AllProtocols,
 	// which has no ports).
 	Protocol Protocol `json:"protocol"`
