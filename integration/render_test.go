@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/l4nft/l4nft/integration/testbed"
@@ -19,6 +20,9 @@ func TestRenderedTextBalancesTheSame(t *testing.T) {
 	dns.Protocol = lb.UDP
 	dns.Source = vip4
 	s.Farms = append(s.Farms, dns)
+	// A farm of every protocol, on an address of its own.
+	vipAll := netip.MustParseAddr("198.51.100.251")
+	s.Farms = append(s.Farms, allProtocols("rest", vipAll, lb.NAT, backendsOf(bed, false, 0, 1, 1)))
 
 	text, err := lb.Render(s, lb.Options{})
 	if err != nil {
@@ -30,6 +34,8 @@ func TestRenderedTextBalancesTheSame(t *testing.T) {
 	assertSplit(t, spreadOf(t, c, "tcp", ap(vip4, 80), spreadConnections, 16), names(bed, 3), []int{1, 2, 3})
 	assertSplit(t, spreadOf(t, c, "tcp", ap(vip6, 80), 1000, 8), names(bed, 2), []int{3, 1})
 	assertSplit(t, spreadOf(t, c, "udp", ap(vip4, 53), 1000, 8), names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "tcp", ap(vipAll, 80), 600, 8), names(bed, 2), []int{1, 1})
+	assertSplit(t, spreadOf(t, c, "udp", ap(vipAll, 53), 600, 8), names(bed, 2), []int{1, 1})
 	if r, err := c.Ask(testContext(t), "udp", ap(vip4, 53)); err != nil || r.Source.Addr() != vip4 {
 		t.Errorf("udp farm with source %s: backend saw %v (%v)", vip4, r.Source, err)
 	}

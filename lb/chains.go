@@ -60,13 +60,23 @@ func baseChains(o Options) []chain {
 			seed: "iptables -t mangle -A PREROUTING -d VIP -p PROTO --dport PORT ...  (one rule per backend, walked in order)",
 		}
 	}
+	// A farm of every protocol is looked up by address only after the
+	// ports of every farm: each rule acts on a mark still 0, so the first
+	// that finds a farm wins.
+	chooseByAddress := func(fam nft.Family, set nft.Set) rule {
+		return rule{
+			Rule: nft.Rule{Exprs: slices.Concat(unset, nft.MatchFamily(fam), nft.SetCtMarkFromAddress(fam, set.Name)), Comment: "new connection to a farm of every protocol: mark it with the farm"},
+			text: fmt.Sprintf("ct mark 0x00000000 meta nfproto %s ct mark set %s daddr map @%s", famName[fam], fam, set.Name),
+			seed: "iptables -t mangle -A PREROUTING -d VIP ...  (protocol all: no -p, no --dport; one rule per backend)",
+		}
+	}
 	// New connections jump to the choosing chain; every other packet only
 	// has its backend's counter updated.
 	choosing := chain{
 		Chain: nft.Chain{Name: chainChoose},
 		rules: []rule{
-			choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4),
-			choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6),
+			choose(nft.IPv4, setServices4), choose(nft.IPv4, setServiceRanges4), chooseByAddress(nft.IPv4, setServicesAddr4),
+			choose(nft.IPv6, setServices6), choose(nft.IPv6, setServiceRanges6), chooseByAddress(nft.IPv6, setServicesAddr6),
 			{
 				Rule: nft.Rule{Exprs: nft.JumpByMark(mask, setFarmChains.Name), Comment: "to the farm's own chain, if it has one"},
 				text: fmt.Sprintf("ct mark & %s vmap @%s", mt, setFarmChains.Name),
@@ -118,9 +128,10 @@ func baseChains(o Options) []chain {
 		proto := ""
 		if withPort {
 			// nft's parser wants a transport protocol before a port mapping;
-			// the kernel does not, and only TCP and UDP connections carry
-			// a backend mark.
-			proto = "meta l4proto { tcp, udp } "
+			// the kernel does not, and only TCP, UDP and SCTP connections
+			// carry the mark of a backend with a port (a farm of every
+			// protocol has backends without one).
+			proto = "meta l4proto { tcp, udp, sctp } "
 		}
 		return rule{
 			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchFamily(fam), nft.DNATByMark(fam, mask, set.Name, withPort)), Comment: "dnat to the backend the mark names"},

@@ -114,11 +114,12 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 		return fmt.Sprintf(format, args...)
 	}
 
-	// Services: every address . protocol . port of the farm names it.
-	exact, ranges := setServices4, setServiceRanges4
+	// Services: every address . protocol . port of the farm names it, or
+	// for a farm of every protocol, its address.
+	exact, ranges, byAddr := setServices4, setServiceRanges4, setServicesAddr4
 	dnat, dnatAddr, snat := setDNAT4, setDNATAddr4, setSNAT4
 	if fam == nft.IPv6 {
-		exact, ranges = setServices6, setServiceRanges6
+		exact, ranges, byAddr = setServices6, setServiceRanges6, setServicesAddr6
 		dnat, dnatAddr, snat = setDNAT6, setDNATAddr6, setSNAT6
 	}
 	// Sized first: with 100 backends a farm's lists grew by copying more
@@ -139,6 +140,12 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 			e.KeyEnd = nft.ServiceKey(addr, proto, p.Last)
 			c.add(ranges, e)
 		}
+	}
+	if f.Protocol == AllProtocols {
+		c.add(byAddr, element{
+			Element: nft.Element{Key: addr.AsSlice(), Value: nft.Mark(id), Comment: comment},
+			text:    textf("%s comment %q : %s", addr, comment, markText(id)),
+		})
 	}
 
 	lasting := marks.get(idKey(f.Name))

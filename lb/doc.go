@@ -1,8 +1,9 @@
 // Package lb is the l4nft load-balancing library: describe farms and
 // backends as a State, and a Balancer makes the kernel's nftables match it.
 //
-// A farm is a virtual service (address, ports, TCP and/or UDP) whose new
-// connections are spread over backends by weighted random choice. In NAT
+// A farm is a virtual service (an address and ports of TCP, UDP or SCTP,
+// or every protocol to the address) whose new connections are spread over
+// backends by weighted random choice. In NAT
 // mode the balancer also rewrites the client's address, so replies come
 // back through it whatever the backends' routes; in DNAT mode the client's
 // address is kept and the balancer must be the backends' gateway. It is the
@@ -26,7 +27,9 @@
 // The balancer owns one inet table (Options.Table) and touches nothing
 // else. Farms and backends are elements of shared maps; there is no kernel
 // object per farm. A new connection takes its farm's mark from a hash map
-// on address . protocol . port, then its backend's mark from an interval
+// on address . protocol . port (or, only if no farm serves that port, from
+// one on the address alone, which holds the farms of every protocol), then
+// its backend's mark from an interval
 // map on farm mark . random slot, where each available backend owns a
 // share of the farm's 2^24 slots in proportion to its weight: the seed's
 // cascade of `statistic --mode random` rules in one lookup. The farm's

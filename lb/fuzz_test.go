@@ -20,6 +20,8 @@ func FuzzValidate(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"farms":[{"name":"a","address":"198.51.100.1","ports":["80","70-90"],"backends":[{"name":"b","address":"203.0.113.1","weight":-1,"priority":12}]}]}`))
+	// A farm of every protocol and an SCTP farm on one address.
+	f.Add([]byte(`{"farms":[{"name":"a","address":"198.51.100.1","protocol":"all","ports":[],"backends":[{"name":"b","address":"203.0.113.1","weight":1}]},{"name":"s","address":"198.51.100.1","protocol":"sctp","ports":["80"],"backends":[{"name":"b","address":"203.0.113.1","port":8080,"weight":1}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var s State
 		if json.Unmarshal(data, &s) != nil || len(s.Farms) > 20 {

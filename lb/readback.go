@@ -148,7 +148,7 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 	a := adopted{farms: map[string]*compiledFarm{}, marks: map[objectKey]uint32{}, orphans: elements{}}
 	owner := map[uint32]objectKey{}
 	specs := map[string]*Farm{}
-	protos := map[string]uint8{}
+	protos := map[string]protoBits{}
 	// A farm has one record, unless a change was cut short between its
 	// first and last transactions: then the record the services point to
 	// is the farm, and the other one's elements are orphans. A record no
@@ -156,7 +156,7 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 	// services were deleted behind our back): adopting it keeps its
 	// backends' marks, which live connections carry.
 	referenced := map[uint32]bool{}
-	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
+	for _, set := range serviceSets {
 		for _, e := range kernel[set.Name] {
 			referenced[nft.ParseMark(e.Value)] = true
 		}
@@ -193,13 +193,22 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 			a.marks[idKey(name)], owner[uint32(lasting)] = uint32(lasting), idKey(name)
 		}
 	}
-	for _, set := range []nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6} {
+	for _, set := range serviceSets {
 		for _, e := range kernel[set.Name] {
 			f := byMark[nft.ParseMark(e.Value)]
 			if f == nil || parseComment(e.Comment)["farm"] != f.Name {
 				continue // an orphan
 			}
 			name := f.Name
+			if set.Name == setServicesAddr4.Name || set.Name == setServicesAddr6.Name {
+				addr, ok := netip.AddrFromSlice(e.Key)
+				if !ok {
+					return a, fmt.Errorf("farm %q: address key of %d bytes", name, len(e.Key))
+				}
+				f.Address = addr
+				protos[name] |= everyProtocol
+				continue
+			}
 			addr, proto, first, err := parseServiceKey(e.Key)
 			if err != nil {
 				return a, fmt.Errorf("farm %q: %w", name, err)
@@ -240,12 +249,7 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 		a.marks[k], owner[m] = m, k
 	}
 	for name, f := range specs {
-		switch protos[name] {
-		case protoBit(protoUDP):
-			f.Protocol = UDP
-		case protoBit(protoTCP) | protoBit(protoUDP):
-			f.Protocol = TCPUDP
-		}
+		f.Protocol = protos[name].protocol()
 		slices.SortFunc(f.Ports, func(x, y PortRange) int { return int(x.First) - int(y.First) })
 		slices.SortFunc(f.Backends, func(x, y Backend) int { return strings.Compare(x.Name, y.Name) })
 		a.farms[name] = &compiledFarm{spec: *f, elements: elements{}}
@@ -407,11 +411,48 @@ func parseBackend(name string, kv map[string]string, target nft.Element) (Backen
 	return be, nil
 }
 
-func protoBit(p uint8) uint8 {
-	if p == protoTCP {
+// protoBits are the kinds of service a farm's elements were read back
+// from: a bit per IP protocol of its ports, and everyProtocol for its
+// address alone.
+type protoBits uint8
+
+const everyProtocol protoBits = 1 << 7
+
+func protoBit(p uint8) protoBits {
+	switch p {
+	case protoTCP:
 		return 1
+	case protoUDP:
+		return 2
+	case protoSCTP:
+		return 4
 	}
-	return 2
+	return 8 // none of ours: matches no Protocol
+}
+
+// bits returns the kinds of service p's elements are.
+func (p Protocol) bits() protoBits {
+	if p == AllProtocols {
+		return everyProtocol
+	}
+	var b protoBits
+	for _, n := range p.numbers() {
+		b |= protoBit(n)
+	}
+	return b
+}
+
+// protocol returns the Protocol whose services are of these kinds. Kinds
+// no Protocol makes (services deleted or added behind our back) give TCP,
+// and the farm, whose elements then differ from what it compiles to, is
+// read back dirty and repaired by the next Apply.
+func (b protoBits) protocol() Protocol {
+	for p := range Protocol(len(protocols.names)) {
+		if p.bits() == b {
+			return p
+		}
+	}
+	return TCP
 }
 
 // parseComment splits "k=v k=v" comments.

@@ -32,6 +32,11 @@ var (
 	setServices6      = nft.Set{Name: "services6", Key: service6, Data: nftables.TypeMark, Concat: true}
 	setServiceRanges4 = nft.Set{Name: "service_ranges4", Key: service4, Data: nftables.TypeMark, Concat: true, Interval: true}
 	setServiceRanges6 = nft.Set{Name: "service_ranges6", Key: service6, Data: nftables.TypeMark, Concat: true, Interval: true}
+	// services_addr: address -> the mark of the farm that serves every
+	// protocol there (AllProtocols). Looked up after the maps above, so
+	// a farm's own ports on the same address win.
+	setServicesAddr4 = nft.Set{Name: "services_addr4", Key: nftables.TypeIPAddr, Data: nftables.TypeMark}
+	setServicesAddr6 = nft.Set{Name: "services_addr6", Key: nftables.TypeIP6Addr, Data: nftables.TypeMark}
 	// schedule00..63: farm mark . random slot -> backend mark. Each
 	// available backend owns a range of its farm's slots sized by its
 	// weight. The 8-byte key is one field to the kernel (not a
@@ -133,9 +138,12 @@ const maxShards = 64
 // backend's share is exact to within 1/scheduleSlots.
 const scheduleSlots = 1 << 24
 
+// serviceSets are the maps that give a new connection its farm's mark.
+var serviceSets = []nft.Set{setServices4, setServiceRanges4, setServicesAddr4, setServices6, setServiceRanges6, setServicesAddr6}
+
 // allSets is every set of the table, in creation order.
 var allSets = slices.Concat(
-	[]nft.Set{setServices4, setServiceRanges4, setServices6, setServiceRanges6},
+	serviceSets,
 	scheduleSets,
 	[]nft.Set{setShards, setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
 		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema,
@@ -164,7 +172,12 @@ var tableSets = slices.Concat(allSets, trafficSets)
 
 // isService reports whether a set is one of the services maps.
 func isService(name string) bool {
-	return name == setServices4.Name || name == setServiceRanges4.Name || name == setServices6.Name || name == setServiceRanges6.Name
+	switch name {
+	case setServices4.Name, setServiceRanges4.Name, setServicesAddr4.Name,
+		setServices6.Name, setServiceRanges6.Name, setServicesAddr6.Name:
+		return true
+	}
+	return false
 }
 
 // isList reports whether a set holds allow or deny lists.

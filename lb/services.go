@@ -31,13 +31,20 @@ type portClaim struct {
 type serviceIndex struct {
 	exact  map[service]string
 	ranges map[addrProto][]portClaim
+	// every is the farm of protocol all on each address. It does not
+	// clash with the farms of ports on the same address, which take
+	// precedence for theirs.
+	every map[netip.Addr]string
 }
 
 func (x *serviceIndex) add(f Farm) {
 	if x.exact == nil {
-		x.exact, x.ranges = map[service]string{}, map[addrProto][]portClaim{}
+		x.exact, x.ranges, x.every = map[service]string{}, map[addrProto][]portClaim{}, map[netip.Addr]string{}
 	}
 	addr := f.Address.Unmap()
+	if f.Protocol == AllProtocols {
+		x.every[addr] = f.Name
+	}
 	for _, proto := range f.Protocol.numbers() {
 		for _, r := range f.Ports {
 			if r.First == r.Last {
@@ -52,6 +59,9 @@ func (x *serviceIndex) add(f Farm) {
 
 func (x *serviceIndex) remove(f Farm) {
 	addr := f.Address.Unmap()
+	if f.Protocol == AllProtocols && x.every[addr] == f.Name {
+		delete(x.every, addr)
+	}
 	for _, proto := range f.Protocol.numbers() {
 		for _, r := range f.Ports {
 			if r.First == r.Last {
@@ -105,6 +115,12 @@ func (b *Balancer) validateFarm(f Farm) error {
 		v.problems = ve.Problems
 	} else if err != nil {
 		return err
+	}
+	if f.Address.IsValid() && f.Protocol == AllProtocols {
+		if o, ok := b.services.every[f.Address.Unmap()]; ok && o != f.Name {
+			v.add(Problem{Farm: f.Name, BackendIndex: -1, Field: "address",
+				Message: fmt.Sprintf("%s protocol all is already served by farm %q", f.Address, o)})
+		}
 	}
 	if f.Address.IsValid() && protocols.ok(f.Protocol) {
 		for _, proto := range f.Protocol.numbers() {

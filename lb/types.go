@@ -22,8 +22,10 @@ type Farm struct {
 	// Address is the virtual address clients connect to, IPv4 or IPv6.
 	Address netip.Addr `json:"address"`
 	// Ports are the ports served; a range stays one range in the kernel.
-	Ports []PortRange `json:"ports"`
-	// Protocol is TCP, UDP or both.
+	// A farm of protocol AllProtocols has none.
+	Ports []PortRange `json:"ports,omitempty"`
+	// Protocol is TCP, UDP, both, SCTP, or every protocol (AllProtocols,
+	// which has no ports).
 	Protocol Protocol `json:"protocol"`
 	// Mode says how replies find their way back: NAT or DNAT.
 	Mode Mode `json:"mode"`
@@ -71,6 +73,7 @@ type Backend struct {
 	// Address is the server's address, of the farm's family.
 	Address netip.Addr `json:"address"`
 	// Port is the server's port; 0 keeps the port the client connected to.
+	// It must be 0 in a farm of protocol AllProtocols.
 	Port uint16 `json:"port,omitempty"`
 	// Weight is the backend's share of new connections relative to the
 	// other available backends of its farm, 1 to MaxWeight.
@@ -196,14 +199,27 @@ type Protocol uint8
 const (
 	TCP Protocol = iota
 	UDP
+	// TCPUDP serves both TCP and UDP on the farm's ports.
 	TCPUDP
+	// SCTP serves SCTP associations on the farm's ports: its destination
+	// port sits where TCP's and UDP's do, and the kernel's conntrack and
+	// NAT rewrite SCTP ports as theirs (CONFIG_NF_CT_PROTO_SCTP).
+	SCTP
+	// AllProtocols serves every IP protocol to the farm's address. The
+	// farm has no ports and its backends no port: a connection keeps the
+	// port it was made to. A farm of another protocol on the same address
+	// takes precedence for the protocol and ports it serves: a new
+	// connection is matched against every farm's ports first, and against
+	// the address alone only if none serves it. Two farms of every
+	// protocol on one address clash.
+	AllProtocols
 )
 
-var protocols = enum[Protocol]{"protocol", []string{"tcp", "udp", "tcp+udp"}}
+var protocols = enum[Protocol]{"protocol", []string{"tcp", "udp", "tcp+udp", "sctp", "all"}}
 
 func (p Protocol) String() string { return protocols.name(p) }
 
-// ParseProtocol parses "tcp", "udp" or "tcp+udp".
+// ParseProtocol parses "tcp", "udp", "tcp+udp", "sctp" or "all".
 func ParseProtocol(s string) (Protocol, error) { return protocols.parse(s) }
 
 // MarshalText implements encoding.TextMarshaler.
@@ -212,21 +228,27 @@ func (p Protocol) MarshalText() ([]byte, error) { return []byte(p.String()), nil
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (p *Protocol) UnmarshalText(b []byte) (err error) { *p, err = ParseProtocol(string(b)); return }
 
-// numbers returns the IP protocol numbers the farm serves.
+// numbers returns the IP protocol numbers whose ports the farm serves:
+// none for AllProtocols, which is served by its address alone.
 func (p Protocol) numbers() []uint8 {
 	switch p {
 	case TCP:
 		return []uint8{protoTCP}
 	case UDP:
 		return []uint8{protoUDP}
-	default:
+	case TCPUDP:
 		return []uint8{protoTCP, protoUDP}
+	case SCTP:
+		return []uint8{protoSCTP}
 	}
+	return nil
 }
 
+// IP protocol numbers.
 const (
-	protoTCP = 6
-	protoUDP = 17
+	protoTCP  = 6
+	protoUDP  = 17
+	protoSCTP = 132
 )
 
 // Mode is how a farm makes replies return through the balancer.

@@ -181,6 +181,7 @@ func Validate(s State, opts Options) error {
 		return v.err() // the limits below depend on it
 	}
 	var claims []claim
+	everyOn := map[netip.Addr]int{} // the farm of protocol all on each address
 	farmNames := map[string]int{}
 	total := 0
 	for fi, f := range s.Farms {
@@ -195,7 +196,11 @@ func Validate(s State, opts Options) error {
 			farmNames[f.Name] = fi
 		}
 		addrOK := checkAddr(f.Address, func(m string) { farm("address", "%s", m) })
-		if len(f.Ports) == 0 {
+		every := f.Protocol == AllProtocols
+		switch {
+		case every && len(f.Ports) > 0:
+			farm("ports", "protocol all serves every port of the address; ports apply to tcp, udp, tcp+udp and sctp only")
+		case !every && len(f.Ports) == 0:
 			farm("ports", "at least one port is required")
 		}
 		for pi, r := range f.Ports {
@@ -231,6 +236,15 @@ func Validate(s State, opts Options) error {
 				farm("source", "%s is not of the same family as address %s", f.Source, f.Address)
 			}
 		}
+		if addrOK && every {
+			// Farms of ports on the same address do not clash with it:
+			// their ports are looked up first.
+			if prev, dup := everyOn[f.Address.Unmap()]; dup {
+				farm("address", "%s protocol all is already served by farm %q (farms[%d])", f.Address, s.Farms[prev].Name, prev)
+			} else {
+				everyOn[f.Address.Unmap()] = fi
+			}
+		}
 		if addrOK && protocols.ok(f.Protocol) {
 			for _, proto := range f.Protocol.numbers() {
 				for _, r := range f.Ports {
@@ -258,6 +272,9 @@ func Validate(s State, opts Options) error {
 			if checkAddr(b.Address, func(m string) { backend("address", "%s", m) }) && addrOK &&
 				b.Address.Unmap().Is4() != f.Address.Unmap().Is4() {
 				backend("address", "%s is not of the same family as the farm's address %s", b.Address, f.Address)
+			}
+			if every && b.Port != 0 {
+				backend("port", "%d: protocol all keeps the port the client connected to; want 0 (omitted)", b.Port)
 			}
 			switch {
 			case b.Weight == 0:
@@ -385,11 +402,17 @@ func firstBackend(earlier []Backend, names map[string]int, name string) int {
 	return slices.IndexFunc(earlier, func(o Backend) bool { return o.Name == name })
 }
 
+// protoName names an IP protocol as nft does.
 func protoName(p uint8) string {
-	if p == protoTCP {
+	switch p {
+	case protoTCP:
 		return "tcp"
+	case protoUDP:
+		return "udp"
+	case protoSCTP:
+		return "sctp"
 	}
-	return "udp"
+	return strconv.Itoa(int(p))
 }
 
 func checkAddr(a netip.Addr, bad func(string)) bool {

@@ -124,6 +124,18 @@ func SetCtMarkFromService(f Family, set string) []expr.Any {
 		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true})
 }
 
+// SetCtMarkFromAddress sets the connection's mark to what map set holds
+// for the packet's destination address alone, whatever its protocol and
+// port: ct mark set ip daddr map @set. The map's key is the family's
+// address, as ServiceKey's first field.
+func SetCtMarkFromAddress(f Family, set string) []expr.Any {
+	return []expr.Any{
+		loadDaddr(f),
+		&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: reg1},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+}
+
 // ScheduleKey returns the key of a ScheduleSet element: mark . slot, both
 // big-endian, as SetCtMarkFromSchedule builds it.
 func ScheduleKey(mark, slot uint32) []byte {
@@ -151,17 +163,26 @@ func ServiceKey(addr netip.Addr, proto uint8, port uint16) []byte {
 
 // loadService loads ip daddr . meta l4proto . th dport into consecutive
 // registers from NFT_REG_1, the layout of ServiceKey.
+//
+// th dport is the 2 bytes at offset 2 of the transport header: the
+// destination port of TCP, UDP and SCTP alike.
 func loadService(f Family) []expr.Any {
 	n := f.addrLen() / 4
-	daddr := uint32(16) // offset in the IPv4 header
-	if f == IPv6 {
-		daddr = 24
-	}
 	return []expr.Any{
-		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: uint32(f.addrLen())},
+		loadDaddr(f),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(n)},
 		&expr.Payload{DestRegister: reg32(n + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 	}
+}
+
+// loadDaddr loads the destination address (ip daddr or ip6 daddr) into
+// NFT_REG_1.
+func loadDaddr(f Family) expr.Any {
+	offset := uint32(16) // in the IPv4 header
+	if f == IPv6 {
+		offset = 24
+	}
+	return &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(f.addrLen())}
 }
 
 // CountByMark updates the counter of the element of set that matches

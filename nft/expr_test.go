@@ -91,3 +91,24 @@ func TestDispatchServiceRegisters(t *testing.T) {
 		}
 	}
 }
+
+func TestDispatchAddressRegisters(t *testing.T) {
+	for _, tt := range []struct {
+		fam          Family
+		daddr, bytes uint32
+	}{
+		{IPv4, 16, 4},
+		{IPv6, 24, 16},
+	} {
+		e := SetCtMarkFromAddress(tt.fam, "s")
+		if p := e[0].(*expr.Payload); p.Offset != tt.daddr || p.Len != tt.bytes || p.DestRegister != unix.NFT_REG_1 {
+			t.Errorf("%v: daddr load = %+v", tt.fam, p)
+		}
+		if l := e[1].(*expr.Lookup); l.SourceRegister != unix.NFT_REG_1 || l.DestRegister != unix.NFT_REG_1 || !l.IsDestRegSet || l.SetName != "s" {
+			t.Errorf("%v: lookup = %+v", tt.fam, l)
+		}
+		if c := e[2].(*expr.Ct); !c.SourceRegister || c.Key != expr.CtKeyMARK {
+			t.Errorf("%v: ct set = %+v", tt.fam, c)
+		}
+	}
+}

@@ -22,7 +22,7 @@ farms:
   - name: web
     address: 198.51.100.250  # the virtual address, IPv4 or IPv6
     ports: ["443", "8000-8010"]
-    protocol: tcp            # tcp | udp | tcp+udp
+    protocol: tcp            # tcp | udp | tcp+udp | sctp | all
     mode: nat                # nat | dnat
     scheduler: weight        # weight (weighted random) is the default
     source: 198.51.100.250   # nat mode: SNAT source; omitted = masquerade
@@ -112,7 +112,7 @@ farms:
   - name: web
     address: 198.51.100.250
     ports: ["443", "0", "nope"]
-    protocol: sctp
+    protocol: icmp
     mode: dnat
     source: 198.51.100.250
     health: {type: http, interval: 1s, timeout: 2s}
@@ -134,7 +134,7 @@ farms:
 		`bad.yaml:4: api.listen: a TCP listener requires api.token_file`,
 		`bad.yaml:8: farms[web].ports[1]: port 0 is outside 1-65535`,
 		`bad.yaml:8: farms[web].ports[2]: port "nope" is not a number`,
-		`bad.yaml:9: farms[web].protocol: unknown protocol "sctp" (want tcp, udp, tcp+udp)`,
+		`bad.yaml:9: farms[web].protocol: unknown protocol "icmp" (want tcp, udp, tcp+udp, sctp, all)`,
 		`bad.yaml:11: farms[web].source: dnat mode keeps the client's address; source applies to nat mode only`,
 		`bad.yaml:12: farms[web].health.timeout: 2s is longer than the interval 1s`,
 		`bad.yaml:14: farms[web].backends[app0].weight: 0 is not a weight (want 1-10000); to stop new connections set state drain`,
@@ -238,6 +238,62 @@ api: {socket: /tmp/x.sock, listen: "127.0.0.1:9100", token_file: /etc/token}
 	}
 	if diff := cmp.Diff(c, mustParse(t, "marshalled.yaml", string(m)), cmpConfig); diff != "" {
 		t.Errorf("yaml.Marshal round trip mismatch (-want +got):\n%s\n%s", diff, m)
+	}
+}
+
+// An SCTP farm and a farm of every protocol on one address: parsed,
+// written and read back the same; an all farm's ports and backend ports,
+// and a health check with no port to check, are problems on their lines.
+func TestSCTPAndAllProtocols(t *testing.T) {
+	const text = `farms:
+  - name: sig
+    address: 198.51.100.250
+    ports: ["2905"]
+    protocol: sctp
+    backends:
+      - {name: a, address: 203.0.113.10, port: 2906}
+  - name: rest
+    address: 198.51.100.250
+    protocol: all
+    mode: dnat
+    health: {type: tcp, port: 22}
+    backends:
+      - {name: a, address: 203.0.113.10}
+      - {name: b, address: 203.0.113.11}
+`
+	c := mustParse(t, "p.yaml", text)
+	st := c.State()
+	if got := []lb.Protocol{st.Farms[0].Protocol, st.Farms[1].Protocol}; got[0] != lb.SCTP || got[1] != lb.AllProtocols {
+		t.Fatalf("protocols parsed as %v, want sctp and all", got)
+	}
+	for _, name := range []string{"out.yaml", "out.json"} {
+		b, err := c.Marshal(name)
+		if err != nil {
+			t.Fatalf("failed to marshal: %v", err)
+		}
+		if diff := cmp.Diff(c, mustParse(t, name, string(b)), cmpConfig, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("%s: round trip mismatch (-want +got):\n%s\n%s", name, diff, b)
+		}
+	}
+
+	for _, tt := range []struct {
+		name     string
+		old, new string
+		want     string
+	}{
+		{"ports", "    protocol: all\n", "    protocol: all\n    ports: [\"80\"]\n",
+			`bad.yaml:11: farms[rest].ports: protocol all serves every port of the address; ports apply to tcp, udp, tcp+udp and sctp only`},
+		{"backend port", "{name: b, address: 203.0.113.11}", "{name: b, address: 203.0.113.11, port: 8080}",
+			`bad.yaml:15: farms[rest].backends[b].port: 8080: protocol all keeps the port the client connected to; want 0 (omitted)`},
+		{"health without a port", "{type: tcp, port: 22}", "{type: tcp}",
+			`bad.yaml:12: farms[rest].health.port: protocol all has no port to check: set health.port`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseAndValidate("bad.yaml", []byte(strings.Replace(text, tt.old, tt.new, 1)))
+			if diff := cmp.Diff([]string{tt.want}, problemStrings(t, err)); diff != "" {
+				t.Errorf("problems mismatch (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

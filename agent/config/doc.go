@@ -24,8 +24,8 @@
 //	farms:
 //	  - name: web
 //	    address: 198.51.100.250     # the virtual address, IPv4 or IPv6
-//	    ports: ["443", "8000-8010"] # numbers or "first-last" ranges
-//	    protocol: tcp               # tcp (default) | udp | tcp+udp
+//	    ports: ["443", "8000-8010"] # numbers or "first-last" ranges; none for protocol all
+//	    protocol: tcp               # tcp (default) | udp | tcp+udp | sctp | all (every protocol; other farms' ports on the address win)
 //	    mode: nat                   # nat (default) | dnat
 //	    scheduler: weight           # weight (weighted random, default)
 //	    source: 198.51.100.250      # nat mode: SNAT source; omitted = masquerade
@@ -35,7 +35,7 @@
 //	      timeout: 1s               # default 1s, at most interval
 //	      rise: 2                   # passes to come back (default 2)
 //	      fall: 3                   # failures to go down (default 3)
-//	      port: 443                 # default: the backend's port, else the farm's first port
+//	      port: 443                 # default: the backend's port, else the farm's first port (required for protocol all)
 //	      path: /healthz            # http: request path (default /)
 //	      host: www.example.com     # http: Host header (default the backend's address)
 //	      expect: 200-399           # http: accepted status codes (default 200-399)
@@ -43,7 +43,7 @@
 //	      - {name: app0, address: 203.0.113.10, port: 443, weight: 1, state: up}
 //	      - name: app1
 //	        address: 203.0.113.11
-//	        port: 443               # omitted or 0 = the port the client connected to
+//	        port: 443               # omitted or 0 = the port the client connected to (always, for protocol all)
 //	        weight: 2               # 1-10000, default 1
 //	        state: up               # up (default) | drain | down
 //	        health: {path: /ready}  # overrides the farm's health fields it names

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/l4nft/l4nft/lb"
 )
 
 // The configuration is written by hand-rolled code rather than by a YAML
@@ -82,9 +84,12 @@ func textField(dst []byte, indent, key string, v interface{ MarshalText() ([]byt
 func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 	dst = strField(dst, first, "name", f.Name)
 	dst = textField(dst, indent, "address", f.Address)
-	if len(f.Ports) == 0 {
+	switch {
+	case len(f.Ports) == 0 && f.Protocol == lb.AllProtocols:
+		// A farm of every protocol has no ports to write.
+	case len(f.Ports) == 0:
 		dst = append(field(dst, indent, "ports"), "[]\n"...)
-	} else {
+	default:
 		dst = append(append(dst, indent...), "ports:\n"...)
 		for _, p := range f.Ports {
 			b, _ := p.MarshalText()

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/l4nft/l4nft/agent/health"
 	"github.com/l4nft/l4nft/lb"
 )
 
@@ -103,11 +104,17 @@ func (c *Config) healthProblems(fi int) []lb.Problem {
 	f := &c.Farms[fi]
 	seen := map[string]bool{}
 	for bi, b := range f.Backends {
-		spec, _, err := f.HealthSpec(b)
+		spec, target, err := f.HealthSpec(b)
 		if err != nil {
 			continue // reported by the parser
 		}
-		for _, pr := range spec.Problems() {
+		checkProblems := spec.Problems()
+		if spec.Type != health.None && target.Port() == 0 {
+			// A farm of every protocol has no port of its own, and
+			// its backends none either.
+			checkProblems = append(checkProblems, lb.Problem{Field: "port", Message: "protocol all has no port to check: set health.port"})
+		}
+		for _, pr := range checkProblems {
 			field := "health." + pr.Field
 			farmLevel := b.Health == nil || !setsField(b.Health, pr.Field)
 			p := lb.Problem{Farm: f.Name, FarmIndex: fi, Backend: b.Name, BackendIndex: bi, Field: field, Message: pr.Message}
@@ -139,6 +146,8 @@ func setsField(h *Health, field string) bool {
 		return h.Fall != 0
 	case "path":
 		return h.Path != ""
+	case "port":
+		return h.Port != 0
 	}
 	return false
 }

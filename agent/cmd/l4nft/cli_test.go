@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,9 +154,11 @@ func TestPrintStatus(t *testing.T) {
 			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app0", Weight: 1}, Connections: 5}, Installed: true, Health: &health.Status{Type: health.TCP}},
 			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app1", Weight: 2}}, Installed: true},
 		}}}}
+	st.Farms = append(st.Farms, daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "rest",
+		Address: netip.MustParseAddr("198.51.100.250"), Protocol: lb.AllProtocols}}})
 	var b bytes.Buffer
 	printStatus(&b, st, now)
-	for _, want := range []string{"CONFIG REJECTED", "tcp FAIL", "table rebuilt", "app1"} {
+	for _, want := range []string{"CONFIG REJECTED", "tcp FAIL", "table rebuilt", "app1", "rest  198.51.100.250  all"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}

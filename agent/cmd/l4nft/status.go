@@ -85,7 +85,10 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 		for i, p := range f.Ports {
 			ports[i] = p.String()
 		}
-		virtual := hostPort(f.Address, strings.Join(ports, ","))
+		virtual := f.Address.String() // a farm of every protocol has no ports
+		if len(ports) > 0 {
+			virtual = hostPort(f.Address, strings.Join(ports, ","))
+		}
 		mode := f.Mode.String()
 		if f.Mode == lb.NAT && f.Source.IsValid() {
 			mode += " src " + f.Source.String()
