@@ -49,7 +49,10 @@ func ParseLimitAction(s string) (LimitAction, error) { return limitActions.parse
 func (a LimitAction) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (a *LimitAction) UnmarshalText(b []byte) (err error) { *a, err = ParseLimitAction(string(b)); return }
+func (a *LimitAction) UnmarshalText(b []byte) (err error) {
+	*a, err = ParseLimitAction(string(b))
+	return
+}
 
 // Helper is a conntrack helper: it follows a protocol's control
 // connection and lets the connections it announces through, NATed alike.
@@ -177,6 +180,16 @@ func reasons(f Farm) []rejectReason {
 	return out
 }
 
+// helperProtos returns the transport protocols whose connections a
+// farm's helpers follow: its own, or TCP and UDP for a farm of every
+// protocol.
+func helperProtos(f Farm) []uint8 {
+	if f.Protocol == AllProtocols {
+		return []uint8{protoTCP, protoUDP}
+	}
+	return f.Protocol.numbers()
+}
+
 // MaxPrefixes bounds the allow and deny lists of one farm.
 const MaxPrefixes = 100_000
 
@@ -216,6 +229,9 @@ func (v *validator) admissionProblems(f Farm, farm func(field, format string, ar
 			}
 		}
 	}
+	if f.TCPStrict && f.Protocol == AllProtocols {
+		farm("tcp_strict", "applies to farms with ports, not to protocol all")
+	}
 	for i, h := range f.Helpers {
 		field := fmt.Sprintf("helpers[%d]", i)
 		switch {
@@ -223,7 +239,7 @@ func (v *validator) admissionProblems(f Farm, farm func(field, format string, ar
 			farm(field, "unknown helper %d (want %s)", h, strings.Join(helpers.valid(), ", "))
 		case slices.Contains(f.Helpers[:i], h):
 			farm(field, "%s is listed twice", h)
-		case protocols.ok(f.Protocol) && !slices.ContainsFunc(f.Protocol.numbers(), func(p uint8) bool { return len(objectsOf(h, p)) > 0 }):
+		case protocols.ok(f.Protocol) && !slices.ContainsFunc(helperProtos(f), func(p uint8) bool { return len(objectsOf(h, p)) > 0 }):
 			farm(field, "the %s helper follows no %s connection", h, f.Protocol)
 		}
 	}

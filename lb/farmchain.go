@@ -262,7 +262,7 @@ func admission(f Farm, m farmMarks, text bool) []rule {
 		}
 	}
 	for _, h := range f.Helpers {
-		for _, proto := range f.Protocol.numbers() {
+		for _, proto := range helperProtos(f) {
 			for _, o := range objectsOf(h, proto) {
 				out = append(out, rule{
 					Rule: nft.Rule{Exprs: append(nft.MatchL4Proto(proto), nft.SetCtHelper(o.name)), Comment: "conntrack helper " + o.name},
@@ -283,7 +283,7 @@ const clientIdle = time.Minute
 func helperObjectsOf(f Farm) []nft.HelperObject {
 	var out []nft.HelperObject
 	for _, h := range f.Helpers {
-		for _, proto := range f.Protocol.numbers() {
+		for _, proto := range helperProtos(f) {
 			for _, o := range objectsOf(h, proto) {
 				out = append(out, nft.HelperObject{Name: o.name, Helper: o.helper, Proto: o.proto})
 			}

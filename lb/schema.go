@@ -13,7 +13,7 @@ import (
 // schemaVersion changes whenever the table's layout does; a Balancer that
 // finds another version (or other options baked into the layout) replaces
 // the table atomically on its next Apply.
-const schemaVersion = 6
+const schemaVersion = 7
 
 // The table's sets and maps. Farms and backends are elements of these;
 // there is no kernel object per farm.
