@@ -49,15 +49,26 @@ func ParseAndValidate(name string, data []byte) (*Config, error) {
 	return nil, Merge(perr, verr)
 }
 
+// follow names, for a field whose value did not parse, the fields whose
+// problems lb finds only because it was left at its default: a misspelt
+// scheduler is not weight, and its hash_fields and slots are not wrong
+// for being given.
+var follow = map[string][]string{"scheduler": {"hash_fields", "slots"}}
+
 // Merge joins the problems of parsing and validating, dropping the
-// validation problems about a field parsing already reported, into one
-// *lb.ValidationError (nil when there are none).
+// validation problems about a field parsing already reported (or that
+// follow from one, see follow), into one *lb.ValidationError (nil when
+// there are none).
 func Merge(perr, verr error) error {
 	var problems []lb.Problem
 	seen := map[string]bool{}
 	for _, p := range Problems(perr) {
 		problems = append(problems, p)
 		seen[p.Path()] = true
+		for _, f := range follow[p.Field] {
+			p.Field = f
+			seen[p.Path()] = true
+		}
 	}
 	for _, p := range Problems(verr) {
 		if !seen[p.Path()] {

@@ -100,6 +100,8 @@ func TestSchedulerOptionProblems(t *testing.T) {
 	}{
 		{"bad scheduler", "scheduler: leastconn",
 			[]string{`t.yaml:5: farms[web].scheduler: unknown scheduler "leastconn" (want weight, roundrobin, hash, symhash, consistent)`}},
+		{"bad scheduler with its options", "scheduler: consitent\nhash_fields: [src_ip]\nslots: 1009",
+			[]string{`t.yaml:5: farms[web].scheduler: unknown scheduler "consitent" (want weight, roundrobin, hash, symhash, consistent)`}},
 		{"bad hash field", "scheduler: hash\nhash_fields: [src_ip, dst_mac]",
 			[]string{`t.yaml:6: farms[web].hash_fields[1]: unknown hash field "dst_mac" (want src_ip, src_port, dst_ip, dst_port)`}},
 		{"bad hash field keeps the next one's line", "scheduler: hash\nhash_fields:\n  - proto\n  - src_ip\n  - src_ip",
