@@ -3,13 +3,16 @@ package api
 import (
 	"encoding/json"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/l4nft/l4nft/agent/config"
+	"github.com/l4nft/l4nft/lb"
 )
 
 // mustFarm starts a server holding webFarm.
@@ -98,7 +101,7 @@ func TestFarmBodyReportsEveryProblem(t *testing.T) {
 		t.Fatalf("PUT: %d %s, want 400", code, out)
 	}
 	want := []string{
-		`farms[web].colour: unknown field "colour" (want one of address, backends, health, mode, name, ports, protocol, scheduler, source)`,
+		`farms[web].colour: unknown field "colour" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`,
 		"farms[web].backends[app0].weight: 20000 is outside 1-10000",
 	}
 	if diff := cmp.Diff(want, problemsOf(t, out)); diff != "" {
@@ -170,5 +173,79 @@ func TestMaxFarms(t *testing.T) {
 	two := strings.Replace(webFarm, `]}`, `, {"name": "app1", "address": "203.0.113.11"}]}`, 1)
 	if code, body := do(t, srv, "PUT", "/v1/farms/web", "", two); code != 400 || !strings.Contains(body, "limits.max_backends") {
 		t.Errorf("two backends: %d %s, want 400 naming limits.max_backends", code, body)
+	}
+}
+
+// A farm's scheduler options and persistence go in with a PUT, come back
+// with a GET, the client's decoding included, survive a PATCH of a
+// backend, and are refused with the file's wording when wrong.
+func TestSchedulerOptionsRoundTrip(t *testing.T) {
+	srv, svc := mustServer(t, "")
+	body := `{"name": "web", "address": "198.51.100.250", "ports": ["80"],
+  "scheduler": "consistent", "hash_fields": ["src_port", "src_ip"], "slots": 1009,
+  "persistence": {"by": "src_ip_port", "ttl": "5m"},
+  "backends": [{"name": "app0", "address": "203.0.113.10"}, {"name": "app1", "address": "203.0.113.11"}]}`
+	if code, out := do(t, srv, "PUT", "/v1/farms/web", "", body); code != 201 {
+		t.Fatalf("PUT: %d %s, want 201", code, out)
+	}
+	want := lb.Farm{Scheduler: lb.Consistent, HashFields: []lb.HashField{lb.SrcPort, lb.SrcIP}, Slots: 1009,
+		Persistence: &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(5 * time.Minute)}}
+	addrs := cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+	options := func(f config.Farm) lb.Farm {
+		return lb.Farm{Scheduler: f.Scheduler, HashFields: f.HashFields, Slots: f.Slots, Persistence: f.Persistence}
+	}
+	check := func(step string) {
+		t.Helper()
+		code, out := do(t, srv, "GET", "/v1/farms/web", "", "")
+		var f config.Farm
+		if err := json.Unmarshal([]byte(out), &f); code != 200 || err != nil {
+			t.Fatalf("%s: GET: %d %s (%v)", step, code, out, err)
+		}
+		if diff := cmp.Diff(want, options(f), addrs); diff != "" {
+			t.Errorf("%s: farm read back (-want +got):\n%s", step, diff)
+		}
+		for _, key := range []string{`"scheduler": "consistent"`, `"slots": 1009`, `"ttl": "5m0s"`, `"by": "src_ip_port"`} {
+			if !strings.Contains(out, key) {
+				t.Errorf("%s: GET answer lacks %s: %s", step, key, out)
+			}
+		}
+	}
+	check("PUT")
+	if code, out := do(t, srv, "PATCH", "/v1/farms/web/backends/app0", "", `{"weight": 3}`); code != 200 {
+		t.Fatalf("PATCH: %d %s", code, out)
+	}
+	check("PATCH")
+	// The client sends back what it read: the same farm.
+	c := NewClient(srv.URL, "", nil)
+	f, err := c.Farm(t.Context(), "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Persistence.TTL = lb.Duration(90 * time.Second)
+	if _, err := c.PutFarm(t.Context(), f); err != nil {
+		t.Fatalf("client PUT: %v", err)
+	}
+	want.Persistence.TTL = lb.Duration(90 * time.Second)
+	if got, _ := svc.Farm("web"); !cmp.Equal(want, options(got), addrs) || got.Backends[0].Weight != 3 {
+		t.Errorf("after the client's PUT: %+v", got)
+	}
+	// Refused, every problem at once, and nothing changed.
+	bad := strings.NewReplacer(`"consistent"`, `"leastconn"`, `"src_port", "src_ip"`, `"src_port", "dst_mac"`,
+		`"src_ip_port", "ttl": "5m"`, `"cookie", "ttl": "5 minutes"`).Replace(body)
+	code, out := do(t, srv, "PUT", "/v1/farms/web", "", bad)
+	if code != 400 {
+		t.Fatalf("bad PUT: %d %s, want 400", code, out)
+	}
+	wantProblems := []string{
+		`farms[web].scheduler: unknown scheduler "leastconn" (want weight, roundrobin, hash, symhash, consistent)`,
+		`farms[web].hash_fields[1]: unknown hash field "dst_mac" (want src_ip, src_port, dst_ip, dst_port)`,
+		`farms[web].persistence.by: unknown persistence key "cookie" (want src_ip, src_ip_port, dst_ip)`,
+		`farms[web].persistence.ttl: duration "5 minutes": want a number and a unit, such as 90s or 5m`,
+	}
+	if diff := cmp.Diff(wantProblems, problemsOf(t, out)); diff != "" {
+		t.Errorf("problems mismatch (-want +got):\n%s", diff)
+	}
+	if got, _ := svc.Farm("web"); !cmp.Equal(want, options(got), addrs) {
+		t.Errorf("the refused PUT changed the farm: %+v", got)
 	}
 }

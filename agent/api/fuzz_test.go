@@ -27,6 +27,10 @@ func FuzzFarmBody(f *testing.F) {
 	f.Add([]byte(webFarm))
 	f.Add([]byte(`{"name": "web", "name": "web"}`))
 	f.Add([]byte(`{"Name": "web"}`))
+	f.Add([]byte(`{"name": "web", "address": "198.51.100.250", "ports": ["80"], "scheduler": "consistent",
+  "hash_fields": ["src_ip", "dst_port"], "slots": 1009, "persistence": {"by": "src_ip_port", "ttl": "5m"},
+  "backends": [{"name": "app0", "address": "203.0.113.10", "weight": 1}]}`))
+	f.Add([]byte(`{"name": "web", "scheduler": "hash", "hash_fields": "src_ip", "persistence": {"ttl": "90s", "ttl": "1h"}}`))
 	f.Fuzz(func(t *testing.T, body []byte) { fuzzBody(t, "PUT", "/v1/farms/web", body) })
 }
 

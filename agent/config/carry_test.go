@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -30,13 +31,24 @@ func fill(tb testing.TB, v reflect.Value, seed int) {
 			f.SetUint(uint64(8000 + seed))
 		case int:
 			f.SetInt(int64(3 + seed))
+			if sf.Name == "Slots" {
+				f.SetInt(1000) // at least 100 per backend
+			}
 		case []lb.PortRange:
 			f.Set(reflect.ValueOf([]lb.PortRange{lb.Port(80), {First: 8000, Last: 8010}}))
 		case lb.Protocol:
 			f.Set(reflect.ValueOf(lb.UDP))
-		case lb.Mode, lb.Scheduler:
-			// NAT is the only mode with a source, Weight the only
-			// scheduler: their zero is the one value that passes.
+		case lb.Mode:
+			// NAT is the only mode with a source: its zero is the one
+			// value that passes.
+		case lb.Scheduler:
+			// The one scheduler that takes both hash_fields and slots.
+			f.Set(reflect.ValueOf(lb.Consistent))
+		case []lb.HashField:
+			// Not in canonical order: the order written is kept.
+			f.Set(reflect.ValueOf([]lb.HashField{lb.DstPort, lb.SrcIP}))
+		case *lb.Persistence:
+			f.Set(reflect.ValueOf(&lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(90 * time.Second)}))
 		case lb.BackendState:
 			f.Set(reflect.ValueOf(lb.Drain))
 		case []lb.Backend:

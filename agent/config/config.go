@@ -199,6 +199,11 @@ func (c *Config) State() lb.State {
 func (f Farm) LB() lb.Farm {
 	out := f.Farm
 	out.Ports = slices.Clone(f.Ports)
+	out.HashFields = slices.Clone(f.HashFields)
+	if f.Persistence != nil {
+		p := *f.Persistence
+		out.Persistence = &p
+	}
 	out.Backends = make([]lb.Backend, len(f.Backends))
 	for i := range f.Backends {
 		out.Backends[i] = f.Backends[i].Backend
@@ -229,6 +234,11 @@ func (c *Config) Clone() *Config {
 // Clone returns a deep copy of f.
 func (f Farm) Clone() Farm {
 	f.Ports = append([]lb.PortRange(nil), f.Ports...)
+	f.HashFields = slices.Clone(f.HashFields)
+	if f.Persistence != nil {
+		p := *f.Persistence
+		f.Persistence = &p
+	}
 	f.Backends = append([]Backend(nil), f.Backends...)
 	if f.Health != nil {
 		h := *f.Health
@@ -325,7 +335,8 @@ func (f *Farm) HealthTargets() []health.Target {
 // Equal reports whether f and g configure the same farm (where in which
 // source they were read does not count).
 func (f *Farm) Equal(g *Farm) bool {
-	if !sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) || !slices.Equal(f.Ports, g.Ports) {
+	if !sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) || !slices.Equal(f.Ports, g.Ports) ||
+		!slices.Equal(f.HashFields, g.HashFields) { // nil and empty alike
 		return false
 	}
 	for i := range f.Backends {
@@ -335,6 +346,7 @@ func (f *Farm) Equal(g *Farm) bool {
 	}
 	a, b := f.Farm, g.Farm
 	a.Ports, b.Ports, a.Backends, b.Backends = nil, nil, nil, nil
+	a.HashFields, b.HashFields = nil, nil
 	return reflect.DeepEqual(a, b) // whatever fields lb.Farm gains
 }
 

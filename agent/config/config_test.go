@@ -202,7 +202,7 @@ func TestHealthOverride(t *testing.T) {
 func TestParseFarm(t *testing.T) {
 	f, err := ParseFarm("request body", []byte(`{"name": "web", "address": "198.51.100.250", "ports": ["80"], "bogus": 1,
  "backends": [{"name": "a", "address": "203.0.113.10"}]}`), Limits{})
-	want := []string{`request body:1: farms[web].bogus: unknown field "bogus" (want one of address, backends, health, mode, name, ports, protocol, scheduler, source)`}
+	want := []string{`request body:1: farms[web].bogus: unknown field "bogus" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`}
 	if diff := cmp.Diff(want, problemStrings(t, err)); diff != "" {
 		t.Errorf("problems mismatch (-want +got):\n%s", diff)
 	}

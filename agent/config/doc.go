@@ -27,7 +27,12 @@
 //	    ports: ["443", "8000-8010"] # numbers or "first-last" ranges; none for protocol all
 //	    protocol: tcp               # tcp (default) | udp | tcp+udp | sctp | all (every protocol; other farms' ports on the address win)
 //	    mode: nat                   # nat (default) | dnat
-//	    scheduler: weight           # weight (weighted random, default)
+//	    scheduler: weight           # weight (weighted random, default) | roundrobin | hash | symhash | consistent
+//	    hash_fields: [src_ip]       # hash, consistent: src_ip (default) | src_port | dst_ip | dst_port
+//	    slots: 0                    # consistent: table size, rounded up to a prime; 0 = 100 per backend
+//	    persistence:                # omitted = none; new connections of a client go where its last went
+//	      by: src_ip                # src_ip (default) | src_ip_port | dst_ip
+//	      ttl: 5m                   # 1s-24h after the client's last new connection; required
 //	    source: 198.51.100.250      # nat mode: SNAT source; omitted = masquerade
 //	    health:                     # omitted = type none
 //	      type: tcp                 # tcp | http | none

@@ -99,6 +99,24 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 	dst = textField(dst, indent, "protocol", f.Protocol)
 	dst = textField(dst, indent, "mode", f.Mode)
 	dst = textField(dst, indent, "scheduler", f.Scheduler)
+	if len(f.HashFields) > 0 {
+		dst = append(field(dst, indent, "hash_fields"), '[')
+		for i, h := range f.HashFields {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = scalar(dst, h.String())
+		}
+		dst = append(dst, "]\n"...)
+	}
+	if f.Slots != 0 {
+		dst = intField(dst, indent, "slots", f.Slots)
+	}
+	if p := f.Persistence; p != nil {
+		dst = append(append(dst, indent...), "persistence:\n"...)
+		dst = textField(dst, indent+"  ", "by", p.By)
+		dst = textField(dst, indent+"  ", "ttl", p.TTL)
+	}
 	if f.Source.IsValid() {
 		dst = textField(dst, indent, "source", f.Source)
 	}

@@ -49,15 +49,26 @@ func ParseAndValidate(name string, data []byte) (*Config, error) {
 	return nil, Merge(perr, verr)
 }
 
+// follow names, for a field whose value did not parse, the fields whose
+// problems lb finds only because it was left at its default: a misspelt
+// scheduler is not weight, and its hash_fields and slots are not wrong
+// for being given.
+var follow = map[string][]string{"scheduler": {"hash_fields", "slots"}}
+
 // Merge joins the problems of parsing and validating, dropping the
-// validation problems about a field parsing already reported, into one
-// *lb.ValidationError (nil when there are none).
+// validation problems about a field parsing already reported (or that
+// follow from one, see follow), into one *lb.ValidationError (nil when
+// there are none).
 func Merge(perr, verr error) error {
 	var problems []lb.Problem
 	seen := map[string]bool{}
 	for _, p := range Problems(perr) {
 		problems = append(problems, p)
 		seen[p.Path()] = true
+		for _, f := range follow[p.Field] {
+			p.Field = f
+			seen[p.Path()] = true
+		}
 	}
 	for _, p := range Problems(verr) {
 		if !seen[p.Path()] {
@@ -395,6 +406,28 @@ func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 		"mode":      func(v *yaml.Node) { p.text(v, at("mode"), &f.Mode) },
 		"scheduler": func(v *yaml.Node) { p.text(v, at("scheduler"), &f.Scheduler) },
 		"source":    func(v *yaml.Node) { p.addr(v, at("source"), &f.Source) },
+		"hash_fields": func(v *yaml.Node) {
+			items := []*yaml.Node{v}
+			if v.Kind == yaml.SequenceNode {
+				items = v.Content
+			}
+			f.HashFields = nil // an empty list is the default, as an absent one
+			for j, hn := range items {
+				hn = resolve(hn)
+				field := fmt.Sprintf("hash_fields[%d]", j)
+				f.pos[field] = hn.Line
+				// A field that does not parse stays as the zero field,
+				// which lb reports at the same path (Merge keeps one), so
+				// that the fields after it keep their index and line.
+				var h lb.HashField
+				p.text(hn, at(field), &h)
+				f.HashFields = append(f.HashFields, h)
+			}
+		},
+		"slots": func(v *yaml.Node) {
+			p.integer(v, at("slots"), math.MinInt, math.MaxInt, &f.Slots) // lb.Validate words the range
+		},
+		"persistence": func(v *yaml.Node) { f.Persistence = p.persistence(v, at("persistence"), f.pos) },
 		"ports": func(v *yaml.Node) {
 			items := []*yaml.Node{v}
 			if v.Kind == yaml.SequenceNode {
@@ -433,6 +466,25 @@ func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 		f.Backends = []Backend{}
 	}
 	return f
+}
+
+// persistence parses a farm's persistence mapping; its fields' lines go
+// in pos as "persistence.by" and "persistence.ttl".
+func (p *parser) persistence(n *yaml.Node, path string, pos positions) *lb.Persistence {
+	ps := &lb.Persistence{}
+	at := func(field string) string { return path + "." + field }
+	ttl := false
+	if !p.mapping(n, path, map[string]func(*yaml.Node){
+		"by":  func(v *yaml.Node) { p.text(v, at("by"), &ps.By) },
+		"ttl": func(v *yaml.Node) { ttl = true; p.text(v, at("ttl"), &ps.TTL) },
+	}, func(k string, line int) { pos["persistence."+k] = line }) {
+		return nil // reported; lb has nothing to add
+	}
+	if !ttl {
+		// lb would say "0s is outside 1s-24h0m0s": say what is missing.
+		p.add(n, at("ttl"), "missing: want how long a client's entry lives, such as 5m (%s-%s)", lb.MinPersistTTL, lb.MaxPersistTTL)
+	}
+	return ps
 }
 
 func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) Backend {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -280,5 +281,35 @@ func TestRejectedContentAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, fmt.Sprintf("step %d (%d bytes)", i, len(content)), configErr(len(content) == 0))
+	}
+}
+
+// The status carries a farm's scheduler options as configured and its
+// live persistence entries as the library counts them.
+func TestStatusCountsPersistenceEntries(t *testing.T) {
+	topo, path := mustBareTopology(t)
+	text := fmt.Sprintf(configText, topo.Backends[0].Addr4, topo.Backends[1].Addr4)
+	text = strings.Replace(text, `    ports: ["80"]`+"\n", `    ports: ["80"]`+"\n    scheduler: consistent\n    persistence: {by: src_ip, ttl: 1m}\n", 1)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := mustNew(t, topo, path)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := d.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := st.Farms[0]
+	if f.Scheduler != lb.Consistent || f.Persistence == nil || f.Persistence.TTL != lb.Duration(time.Minute) || f.PersistenceEntries != 0 {
+		t.Fatalf("status before any connection: %+v", f.FarmStatus)
+	}
+	for range 3 {
+		if _, err := topo.Clients[0].Ask(ctx, "tcp4", netip.MustParseAddrPort("198.51.100.250:80")); err != nil {
+			t.Fatalf("the VIP does not answer: %v", err)
+		}
+	}
+	if st, err = d.Status(ctx); err != nil || st.Farms[0].PersistenceEntries != 1 {
+		t.Errorf("status after 3 connections from one client: %d persistence entries (%v), want 1", st.Farms[0].PersistenceEntries, err)
 	}
 }

@@ -19,6 +19,7 @@
 //	l4nft_farm_packets_total{farm}
 //	l4nft_farm_bytes_total{farm}
 //	l4nft_farm_backends_available{farm}             backends taking new connections
+//	l4nft_farm_persistence_entries{farm}            clients persistence remembers (farms with persistence only)
 //	l4nft_apply_duration_seconds                    histogram of kernel transactions
 //	l4nft_apply_errors_total                        applies the kernel refused
 //	l4nft_last_successful_apply_timestamp_seconds   when the kernel last matched the desired state
@@ -61,7 +62,7 @@ type Metrics struct {
 	backendHealthy, backendWeight              *prometheus.Desc
 	backendState, backendEffective             *prometheus.Desc
 	farmConns, farmPackets, farmBytes          *prometheus.Desc
-	farmAvailable                              *prometheus.Desc
+	farmAvailable, farmPersistence             *prometheus.Desc
 	drifted, repairs                           *prometheus.Desc
 }
 
@@ -97,6 +98,7 @@ func New() *Metrics {
 		farmPackets:      prometheus.NewDesc("l4nft_farm_packets_total", "Packets of the farm's connections through the balancer.", farm, nil),
 		farmBytes:        prometheus.NewDesc("l4nft_farm_bytes_total", "Bytes of the farm's connections through the balancer.", farm, nil),
 		farmAvailable:    prometheus.NewDesc("l4nft_farm_backends_available", "Backends of the farm taking new connections.", farm, nil),
+		farmPersistence:  prometheus.NewDesc("l4nft_farm_persistence_entries", "Clients the farm's persistence remembers (live entries).", farm, nil),
 		drifted:          prometheus.NewDesc("l4nft_kernel_drifted", "1 while the kernel differs from the configuration and the repair has not succeeded.", nil, nil),
 		repairs:          prometheus.NewDesc("l4nft_drift_repairs_total", "Differences between the kernel and the configuration found and repaired.", nil, nil),
 	}
@@ -147,7 +149,7 @@ func (m *Metrics) ObserveReload(err error) {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.backendConns, m.backendPackets, m.backendBytes, m.backendHealthy,
 		m.backendWeight, m.backendState, m.backendEffective, m.farmConns, m.farmPackets, m.farmBytes, m.farmAvailable,
-		m.drifted, m.repairs} {
+		m.farmPersistence, m.drifted, m.repairs} {
 		ch <- d
 	}
 }
@@ -226,5 +228,8 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.farmPackets, prometheus.CounterValue, float64(f.Packets), f.Name)
 		ch <- prometheus.MustNewConstMetric(m.farmBytes, prometheus.CounterValue, float64(f.Bytes), f.Name)
 		ch <- prometheus.MustNewConstMetric(m.farmAvailable, prometheus.GaugeValue, float64(available), f.Name)
+		if f.Persistence != nil {
+			ch <- prometheus.MustNewConstMetric(m.farmPersistence, prometheus.GaugeValue, float64(f.PersistenceEntries), f.Name)
+		}
 	}
 }

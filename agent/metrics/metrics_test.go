@@ -96,3 +96,30 @@ func TestStatesByNameAreSorted(t *testing.T) {
 		}
 	}
 }
+
+// Farms with persistence, and only they, have a persistence entries
+// gauge, 0 included.
+func TestPersistenceEntries(t *testing.T) {
+	m := New()
+	sticky := &lb.Persistence{By: lb.PersistSrcIP, TTL: lb.Duration(time.Minute)}
+	m.SetStatus(func(context.Context) (daemon.Status, error) {
+		return daemon.Status{Farms: []daemon.FarmStatus{
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "web", Persistence: sticky}, PersistenceEntries: 42}},
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "plain", Scheduler: lb.Consistent}}},
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "api", Persistence: sticky}}},
+		}}, nil
+	})
+	reg := prometheus.NewPedanticRegistry()
+	if err := m.Register(reg); err != nil {
+		t.Fatalf("failed to register: %v", err)
+	}
+	want := `
+# HELP l4nft_farm_persistence_entries Clients the farm's persistence remembers (live entries).
+# TYPE l4nft_farm_persistence_entries gauge
+l4nft_farm_persistence_entries{farm="api"} 0
+l4nft_farm_persistence_entries{farm="web"} 42
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "l4nft_farm_persistence_entries"); err != nil {
+		t.Error(err)
+	}
+}

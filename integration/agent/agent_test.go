@@ -356,7 +356,7 @@ func TestBadFileIsRejected(t *testing.T) {
 		got = append(got, p.String())
 	}
 	want := []string{
-		path + `:7: farms[web].colour: unknown field "colour" (want one of address, backends, health, mode, name, ports, protocol, scheduler, source)`,
+		path + `:7: farms[web].colour: unknown field "colour" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`,
 		path + `:18: farms[web].backends[backend1].weight: 0 is not a weight (want 1-10000); to stop new connections set state drain`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

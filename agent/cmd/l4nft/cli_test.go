@@ -153,14 +153,58 @@ func TestPrintStatus(t *testing.T) {
 		Farms: []daemon.FarmStatus{{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "web"}}, Backends: []daemon.BackendStatus{
 			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app0", Weight: 1}, Connections: 5}, Installed: true, Health: &health.Status{Type: health.TCP}},
 			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app1", Weight: 2}}, Installed: true},
-		}}}}
+		}}, {FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "sticky", Scheduler: lb.Consistent, HashFields: []lb.HashField{lb.SrcIP, lb.DstPort},
+			Persistence: &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(5 * time.Minute)}}, PersistenceEntries: 42}, Backends: []daemon.BackendStatus{
+			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app2", Weight: 1}}, Installed: true},
+			{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app3", Weight: 1}}, Installed: true},
+		}}, {FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "empty", Scheduler: lb.RoundRobin}}}}}
 	st.Farms = append(st.Farms, daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "rest",
 		Address: netip.MustParseAddr("198.51.100.250"), Protocol: lb.AllProtocols}}})
 	var b bytes.Buffer
 	printStatus(&b, st, now)
-	for _, want := range []string{"CONFIG REJECTED", "tcp FAIL", "table rebuilt", "app1", "rest  198.51.100.250  all"} {
+	for _, want := range []string{"CONFIG REJECTED", "tcp FAIL", "table rebuilt", "app1"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}
+	}
+	// The scheduler and persistence on each farm's first line, in their
+	// columns.
+	lines := map[string]string{} // by the first cell
+	var header string
+	for l := range strings.SplitSeq(b.String(), "\n") {
+		switch first, _, _ := strings.Cut(l, " "); {
+		case first == "FARM":
+			header = l
+		case header != "" && first != "":
+			lines[first] = l
+		}
+	}
+	if f := strings.Fields(lines["rest"]); len(f) < 3 || f[1] != "198.51.100.250" || f[2] != "all" {
+		t.Errorf("a farm of every protocol: want its address and \"all\", got %q", lines["rest"])
+	}
+	col := func(farm, name string) string { // the cell under the column's heading
+		t.Helper()
+		start := strings.Index(header, " "+name+" ") + 1
+		end := start + len(name) + strings.IndexFunc(header[start+len(name):], func(r rune) bool { return r != ' ' })
+		l, ok := lines[farm]
+		if start == 0 || !ok || len(l) < end {
+			t.Fatalf("no column %s for farm %s:\n%s", name, farm, b.String())
+		}
+		return strings.TrimSpace(l[start:end])
+	}
+	for _, c := range []struct{ farm, sched, persist string }{
+		{"web", "weight", "-"},
+		{"sticky", "consistent src_ip,dst_port", "42 src_ip_port 5m0s"},
+		{"empty", "roundrobin", "-"},
+	} {
+		if got := col(c.farm, "SCHEDULER"); got != c.sched {
+			t.Errorf("farm %s: scheduler %q, want %q", c.farm, got, c.sched)
+		}
+		if got := col(c.farm, "PERSIST"); got != c.persist {
+			t.Errorf("farm %s: persist %q, want %q", c.farm, got, c.persist)
+		}
+	}
+	if _, ok := lines["app3"]; ok || strings.Count(b.String(), "consistent") != 1 {
+		t.Errorf("farm cells repeated on a farm's later lines:\n%s", b.String())
 	}
 }

@@ -79,7 +79,7 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FARM\tVIRTUAL\tPROTO\tMODE\tBACKEND\tTARGET\tWEIGHT\tSTATE\tHEALTH\tACTIVE\tCONNS\tPACKETS\tBYTES")
+	fmt.Fprintln(tw, "FARM\tVIRTUAL\tPROTO\tMODE\tSCHEDULER\tPERSIST\tBACKEND\tTARGET\tWEIGHT\tSTATE\tHEALTH\tACTIVE\tCONNS\tPACKETS\tBYTES")
 	for _, f := range st.Farms {
 		ports := make([]string, len(f.Ports))
 		for i, p := range f.Ports {
@@ -93,13 +93,15 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 		if f.Mode == lb.NAT && f.Source.IsValid() {
 			mode += " src " + f.Source.String()
 		}
+		sched, persist := schedulerText(f.Farm), persistText(f.FarmStatus)
 		if len(f.Backends) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t\t\t\t\t\t%d\t%d\t%d\n", f.Name, virtual, f.Protocol, mode, f.Connections, f.Packets, f.Bytes)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t-\t\t\t\t\t\t%d\t%d\t%d\n", f.Name, virtual, f.Protocol, mode, sched, persist,
+				f.Connections, f.Packets, f.Bytes)
 		}
 		for i, b := range f.Backends {
-			name, virt, proto, md := f.Name, virtual, f.Protocol.String(), mode
+			name, virt, proto, md, sc, ps := f.Name, virtual, f.Protocol.String(), mode, sched, persist
 			if i > 0 {
-				name, virt, proto, md = "", "", "", ""
+				name, virt, proto, md, sc, ps = "", "", "", "", "", ""
 			}
 			target := b.Address.String()
 			if b.Port != 0 {
@@ -113,11 +115,35 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 			if !b.Installed {
 				active = "absent"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name, virt, proto, md,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name, virt, proto, md, sc, ps,
 				b.Name, target, b.Weight, b.State, hs, active, b.Connections, b.Packets, b.Bytes)
 		}
 	}
 	tw.Flush()
+}
+
+// schedulerText is the farm's scheduler, with the fields it hashes when
+// they are given: "weight", "hash src_ip,dst_port".
+func schedulerText(f lb.Farm) string {
+	s := f.Scheduler.String()
+	if len(f.HashFields) > 0 {
+		fields := make([]string, len(f.HashFields))
+		for i, h := range f.HashFields {
+			fields[i] = h.String()
+		}
+		s += " " + strings.Join(fields, ",")
+	}
+	return s
+}
+
+// persistText is "-" for a farm without persistence, else its live
+// entries, key and TTL: "42 src_ip 5m0s".
+func persistText(f lb.FarmStatus) string {
+	p := f.Persistence
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d %s %s", f.PersistenceEntries, p.By, p.TTL)
 }
 
 func hostPort(a netip.Addr, port string) string {
