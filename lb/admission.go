@@ -154,7 +154,8 @@ func (r *Rejections) add(reason rejectReason, n uint64) {
 	}
 }
 
-// reasons returns the rejection reasons a farm counts.
+// reasons returns the rejection reasons a farm counts in the rejects set
+// (tcp_strict's drops are counted in its own sets).
 func reasons(f Farm) []rejectReason {
 	var out []rejectReason
 	if len(f.Deny) > 0 {
@@ -173,9 +174,6 @@ func reasons(f Farm) []rejectReason {
 		if l.EstablishedPerClient > 0 {
 			out = append(out, reasonClientConnections)
 		}
-	}
-	if f.TCPStrict {
-		out = append(out, reasonInvalid)
 	}
 	return out
 }

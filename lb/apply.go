@@ -414,7 +414,7 @@ func (b *Balancer) planText(set []Farm, removed []string, text bool) (*plan, err
 		// schedule, its farm's. Services belong to no mark.
 		owner := func(e nft.Element) (uint32, bool) {
 			switch {
-			case isService(set.Name):
+			case isService(set.Name) || isStrict(set.Name):
 				return 0, false
 			case isSchedule(set.Name):
 				return scheduleFarm(e.Key), true

@@ -133,6 +133,12 @@ func normalized(k *fakeKernel, s nft.Set) map[string]nft.Element {
 		switch {
 		case s.Name == setFarms.Name:
 			e.Key = []byte(farm[nft.ParseMark(e.Key)])
+			// The comment names the farm, and its options.
+		case s.Name == setFarmChains.Name:
+			e.Key = []byte(farm[nft.ParseMark(e.Key)])
+			e.Jump = "chain of " + string(e.Key)
+		case s.Name == setPersistOK.Name:
+			e.Key = append([]byte(farm[nft.ParseMark(e.Key)]+"."), e.Key[4:]...)
 		case isSchedule(s.Name):
 			e.Key = append([]byte(farm[scheduleFarm(e.Key)]+"."), e.Key[4:]...)
 			if len(e.KeyEnd) > 0 {

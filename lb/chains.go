@@ -95,13 +95,13 @@ func baseChains(o Options) []chain {
 			},
 		},
 	}
-	// tcp_strict: a packet conntrack finds invalid, to a farm in the
-	// strict map, is counted and dropped.
+	// tcp_strict: a packet conntrack finds invalid, to a service of a
+	// farm in a strict set, is counted there and dropped.
 	strict := func(fam nft.Family, set nft.Set) rule {
 		return rule{
-			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtStateInvalid(), nft.CountInvalidToService(fam, set.Name, setStrict.Name, setRejects.Name, uint32(reasonInvalid)), []expr.Any{nft.Drop()}),
+			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtStateInvalid(), nft.MatchService(fam, set.Name), []expr.Any{nft.Drop()}),
 				Comment: "tcp_strict: drop invalid packets to the farm"},
-			text: fmt.Sprintf("ct state invalid %s daddr . meta l4proto . th dport map @%s map @%s . %d @%s drop", fam, set.Name, setStrict.Name, reasonInvalid, setRejects.Name),
+			text: fmt.Sprintf("ct state invalid %s daddr . meta l4proto . th dport @%s drop", fam, set.Name),
 			seed: "nftlb: tcp-strict (ct state invalid drop)",
 		}
 	}
@@ -110,8 +110,8 @@ func baseChains(o Options) []chain {
 			Chain: nft.Chain{Name: name, Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Hook: hook, Priority: priorityChoose}},
 			hook:  fmt.Sprintf("type filter hook %s priority %d; policy accept;", hookName, priorityChoose),
 			rules: []rule{
-				strict(nft.IPv4, setServices4), strict(nft.IPv4, setServiceRanges4),
-				strict(nft.IPv6, setServices6), strict(nft.IPv6, setServiceRanges6),
+				strict(nft.IPv4, setStrict4), strict(nft.IPv4, setStrictRanges4),
+				strict(nft.IPv6, setStrict6), strict(nft.IPv6, setStrictRanges6),
 				{
 					Rule: nft.Rule{Exprs: slices.Concat(ctNew, []expr.Any{nft.Jump(chainChoose)}), Comment: "new connections choose a backend"},
 					text: "ct state new jump " + chainChoose,

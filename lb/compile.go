@@ -129,16 +129,29 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 		c.elements[set.Name] = make([]element, 0, n)
 	}
 	c.elements[shardOf(id, shift).Name] = make([]element, 0, 2*n)
+	strict, strictRanges := setStrict4, setStrictRanges4
+	if fam == nft.IPv6 {
+		strict, strictRanges = setStrict6, setStrictRanges6
+	}
 	for _, proto := range f.Protocol.numbers() {
 		for _, p := range f.Ports {
 			e := element{Element: nft.Element{Key: nft.ServiceKey(addr, proto, p.First), Value: nft.Mark(id), Comment: comment}}
 			e.text = textf("%s . %s . %s comment %q : %s", addr, protoName(proto), p, comment, markText(id))
+			// tcp_strict's sets hold the same services, with counters.
+			s := element{Element: nft.Element{Key: e.Key, Comment: comment}, text: textf("%s . %s . %s comment %q", addr, protoName(proto), p, comment)}
 			if p.First == p.Last {
 				c.add(exact, e)
+				if f.TCPStrict {
+					c.add(strict, s)
+				}
 				continue
 			}
 			e.KeyEnd = nft.ServiceKey(addr, proto, p.Last)
 			c.add(ranges, e)
+			if f.TCPStrict {
+				s.KeyEnd = e.KeyEnd
+				c.add(strictRanges, s)
+			}
 		}
 	}
 	if f.Protocol == AllProtocols {
@@ -245,12 +258,6 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 	}
 	if len(f.Deny) > 0 {
 		c.elements[deny.Name] = listElements(lasting, f.Deny, textf)
-	}
-	if f.TCPStrict {
-		c.add(setStrict, element{
-			Element: nft.Element{Key: nft.Mark(id), Value: nft.Mark(lasting)},
-			text:    textf("%s : %s", markText(id), markText(lasting)),
-		})
 	}
 	if needsChain(f) {
 		c.chain = farmChain(f, farmMarks{farm: id, lasting: lasting, mask: mask}, schedule, space, text)

@@ -46,7 +46,7 @@ func idKey(farm string) objectKey { return objectKey{farm, "#id"} }
 
 // needsID reports whether a farm needs a lasting id.
 func needsID(f Farm) bool {
-	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || f.TCPStrict
+	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0
 }
 
 // farmMarks are the marks a farm chain names.
@@ -95,13 +95,17 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 		k := fmt.Sprintf("%s . %s", markText(m.lasting), fieldsText(fam, key.Fields))
 		c.rules = append(c.rules,
 			rule{
-				Rule: nft.Rule{Exprs: nft.RestorePersisted(key, persist.Name, setPersistOK.Name, m.farm, p.TTL.duration()), Comment: "persistence: the client's backend, while it takes connections"},
-				text: textf("ct mark set %s map @%s %s . ct mark @%s update @%s { %s timeout %s : ct mark } return", k, persist.Name, markText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
-				seed: "nftlb: persistence (ip saddr ... ct mark set @persist-map)",
+				Rule: nft.Rule{Exprs: nft.RestorePersisted(key, persist.Name), Comment: "persistence: the client's last backend"},
+				text: textf("ct mark set %s map @%s", k, persist.Name),
+				seed: "nftlb: persistence (ct mark set ... map @persist-map); IPVS: persistent templates",
 			},
 			rule{
-				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name), Comment: "persistence: forget a backend that takes no connections"},
-				text: textf("delete @%s { %s }", persist.Name, k),
+				Rule: nft.Rule{Exprs: nft.KeepPersisted(key, persist.Name, setPersistOK.Name, m.farm, p.TTL.duration()), Comment: "persistence: keep it while it takes connections"},
+				text: textf("%s . ct mark @%s update @%s { %s timeout %s : ct mark } return", markText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
+			},
+			rule{
+				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name, m.farm), Comment: "persistence: forget a backend that takes no connections"},
+				text: textf("delete @%s { %s } ct mark set %s", persist.Name, k, markText(m.farm)),
 			})
 	}
 	var slot []expr.Any

@@ -277,6 +277,9 @@ func adopt(kernel map[string][]nft.Element, chains []string, mask uint32) (adopt
 			case isService(set.Name):
 				k, ok = owner[nft.ParseMark(e.Value)]
 				ok = ok && parseComment(e.Comment)["farm"] == k.farm
+			case isStrict(set.Name):
+				k = objectKey{farm: parseComment(e.Comment)["farm"]}
+				ok = k.farm != ""
 			case isSchedule(set.Name):
 				k, ok = owner[scheduleFarm(e.Key)]
 			default:

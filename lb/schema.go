@@ -104,8 +104,13 @@ var (
 	// rejects: lasting farm id . reason, one counted element per reason a
 	// farm refuses connections for (see Rejections).
 	setRejects = nft.Set{Name: "rejects", Key: slotKey, Counter: true}
-	// strict: the farm mark of a farm with TCPStrict -> its lasting id.
-	setStrict = nft.Set{Name: "strict", Key: nftables.TypeMark, Data: nftables.TypeMark}
+	// strict4, strict_ranges4, strict6, strict_ranges6: the services of
+	// the farms with TCPStrict, keyed as in the services maps; an
+	// element's counter counts the invalid packets dropped.
+	setStrict4       = nft.Set{Name: "strict4", Key: service4, Concat: true, Counter: true}
+	setStrictRanges4 = nft.Set{Name: "strict_ranges4", Key: service4, Concat: true, Interval: true, Counter: true}
+	setStrict6       = nft.Set{Name: "strict6", Key: service6, Concat: true, Counter: true}
+	setStrictRanges6 = nft.Set{Name: "strict_ranges6", Key: service6, Concat: true, Interval: true, Counter: true}
 	// client_rate4/6 and client_conns4/6: lasting farm id . client
 	// address -> the client's rate limiter or connection count, made by
 	// the rules as clients arrive.
@@ -148,7 +153,8 @@ var allSets = slices.Concat(
 	[]nft.Set{setShards, setDNAT4, setDNATAddr4, setDNAT6, setDNATAddr6,
 		setSNAT4, setSNAT6, setMasquerade, setTraffic, setFarms, setBackends, setSchema,
 		setFarmChains, setPersistOK, setConsistent,
-		setAllow4, setAllow6, setDeny4, setDeny6, setRejects, setStrict},
+		setAllow4, setAllow6, setDeny4, setDeny6, setRejects,
+		setStrict4, setStrictRanges4, setStrict6, setStrictRanges6},
 )
 
 // trafficSets are the sets whose elements the rules make as connections
@@ -169,6 +175,16 @@ func integerKey(n uint32) nftables.SetDatatype {
 // tableSets is every set the table is made with: allSets, whose elements
 // are farms', and trafficSets.
 var tableSets = slices.Concat(allSets, trafficSets)
+
+// isStrict reports whether a set is one of the tcp_strict sets, whose
+// elements belong to the farm their comment names.
+func isStrict(name string) bool {
+	switch name {
+	case setStrict4.Name, setStrictRanges4.Name, setStrict6.Name, setStrictRanges6.Name:
+		return true
+	}
+	return false
+}
 
 // isService reports whether a set is one of the services maps.
 func isService(name string) bool {

@@ -57,11 +57,15 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 	// The farms with a lasting id, by it; the persistence maps in use.
 	lasting := map[uint32]int{}
 	persisting := map[uint32]int{}
+	strictFarms := map[string]int{}
 	var persistMaps []nft.Set
 	for _, name := range b.order {
 		f := b.farms[name].spec
 		if id := b.marks.owner[idKey(name)]; id != 0 {
 			lasting[id] = len(st.Farms)
+		}
+		if f.TCPStrict {
+			strictFarms[name] = len(st.Farms)
 		}
 		if p := f.Persistence; p != nil {
 			persisting[b.marks.owner[idKey(name)]] = len(st.Farms)
@@ -113,6 +117,19 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 		for _, e := range elems {
 			if fi, ok := lasting[nft.ParseMark(e.Key)]; ok && len(e.Key) == 8 {
 				st.Farms[fi].Rejected.add(rejectReason(nft.ParseMark(e.Key[4:])), e.Packets)
+			}
+		}
+	}
+	if !rebuild && len(strictFarms) > 0 {
+		for _, set := range []nft.Set{setStrict4, setStrictRanges4, setStrict6, setStrictRanges6} {
+			elems, err := b.stats.Counters(b.opts.Table, set)
+			if err != nil {
+				return Status{}, fmt.Errorf("reading tcp_strict drops: %w", err)
+			}
+			for _, e := range elems {
+				if fi, ok := strictFarms[parseComment(e.Comment)["farm"]]; ok {
+					st.Farms[fi].Rejected.Invalid += e.Packets
+				}
 			}
 		}
 	}

@@ -77,17 +77,9 @@ func MatchCtStateInvalid() []expr.Any {
 	}
 }
 
-// CountInvalidToService counts, and matches, a packet to a service of map
-// services whose farm mark map strict holds: it looks the service's farm
-// mark up, then that mark's lasting id in strict, and counts the pair
-// id . reason in the counted set counts.
-//
-//	ip daddr . meta l4proto . th dport map @services map @strict . REASON @counts
-func CountInvalidToService(f Family, services, strict, counts string, reason uint32) []expr.Any {
-	exprs := loadService(f)
-	return append(exprs,
-		&expr.Lookup{SourceRegister: reg1, SetName: services, IsDestRegSet: true, DestRegister: reg32(0)},
-		&expr.Lookup{SourceRegister: reg32(0), SetName: strict, IsDestRegSet: true, DestRegister: reg32(0)},
-		&expr.Immediate{Register: reg32(1), Data: Mark(reason)},
-		&expr.Lookup{SourceRegister: reg32(0), SetName: counts})
+// MatchService matches a packet to a service of set, a counted set keyed
+// like the services maps, and counts it in the element:
+// ip daddr . meta l4proto . th dport @set.
+func MatchService(f Family, set string) []expr.Any {
+	return append(loadService(f), &expr.Lookup{SourceRegister: reg1, SetName: set})
 }

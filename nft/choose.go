@@ -137,34 +137,52 @@ func (k PersistKey) Len() int {
 	return int(n)
 }
 
-// RestorePersisted gives a new connection the backend that map persist
-// remembers for its key, if the pair farm . backend is in set ok (the
-// backend still takes new connections), refreshes the entry's timeout,
-// and returns from the chain:
+// Persistence takes three rules, because nft (1.0.6) cannot list a rule
+// that looks up a key built from another lookup's result:
 //
-//	ct mark set KEY map @persist; FARM . ct mark @ok; update @persist { KEY timeout TTL : ct mark }; return
-func RestorePersisted(k PersistKey, persist, ok string, farm uint32, ttl time.Duration) []expr.Any {
+//	RestorePersisted: ct mark set KEY map @persist
+//	KeepPersisted:    FARM . ct mark @ok update @persist { KEY timeout TTL : ct mark } return
+//	ForgetPersisted:  delete @persist { KEY } ct mark set FARM
+//
+// The first gives a new connection the backend the map remembers for its
+// key, if any; the second keeps it if the pair farm . backend is in set ok
+// (the backend still takes new connections), refreshes the entry and
+// returns from the chain; otherwise the third forgets the entry and puts
+// the farm mark back, for a fresh choice that RememberChoice records.
+
+// RestorePersisted sets the connection's mark to what map persist holds
+// for the key: ct mark set KEY map @persist.
+func RestorePersisted(k PersistKey, persist string) []expr.Any {
 	out, _ := k.load()
 	return append(out,
 		&expr.Lookup{SourceRegister: reg32(2), SetName: persist, IsDestRegSet: true, DestRegister: reg32(1)},
+		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
+}
+
+// KeepPersisted matches when the pair farm . ct mark is in set ok, then
+// refreshes the key's entry in map persist and returns from the chain.
+func KeepPersisted(k PersistKey, persist, ok string, farm uint32, ttl time.Duration) []expr.Any {
+	out := []expr.Any{
 		&expr.Immediate{Register: reg32(0), Data: Mark(farm)},
+		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK},
 		&expr.Lookup{SourceRegister: reg32(0), SetName: ok},
-		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+	key, _ := k.load()
+	return append(append(out, key...),
 		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: ttl},
 		Return())
 }
 
-// ForgetPersisted deletes the key's entry from map persist: run after
-// RestorePersisted did not return, it drops an entry whose backend no
-// longer takes connections, so that the choice made next is remembered
-// instead (the kernel's update does not replace an entry's data).
-func ForgetPersisted(k PersistKey, persist string) []expr.Any {
+// ForgetPersisted deletes the key's entry from map persist and sets the
+// connection's mark back to the farm's.
+func ForgetPersisted(k PersistKey, persist string, farm uint32) []expr.Any {
 	out, _ := k.load()
 	// The kernel wants a data register for any operation on a map, and
 	// (since 6.12) refuses a rule that reads a register it did not write.
 	return append(out,
-		&expr.Immediate{Register: reg32(1), Data: Mark(0)},
-		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: dynsetDelete})
+		&expr.Immediate{Register: reg32(1), Data: Mark(farm)},
+		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: dynsetDelete},
+		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
 }
 
 // RememberChoice adds the connection's mark under the key to map persist,

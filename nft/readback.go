@@ -3,10 +3,13 @@ package nft
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // TableExists reports whether the inet table exists.
@@ -87,6 +90,10 @@ func (c *Conn) Elements(table string, set Set) ([]Element, error) {
 		out = make([]Element, 0, len(elems))
 		for _, e := range elems {
 			el := Element{Key: e.Key, KeyEnd: e.KeyEnd, Value: e.Val, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
+			if set.Data.Name == nftables.TypeVerdict.Name && len(e.Val) > 0 {
+				// google/nftables hands a verdict back as its attributes.
+				el.Value, el.Jump = nil, verdictChain(e.Val)
+			}
 			if e.Counter != nil {
 				el.Packets, el.Bytes = e.Counter.Packets, e.Counter.Bytes
 			}
@@ -132,4 +139,19 @@ func notExist(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotExist, err)
 	}
 	return err
+}
+
+// verdictChain returns the chain of a jump or goto verdict, given as its
+// netlink attributes; "" for any other verdict.
+func verdictChain(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return ""
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
+			return strings.TrimRight(ad.String(), "\x00")
+		}
+	}
+	return ""
 }

@@ -1,0 +1,55 @@
+package integration_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/l4nft/l4nft/integration/testbed"
+	"github.com/l4nft/l4nft/lb"
+)
+
+// A table with every farm option serves connections, lists with nft (an
+// operator's first tool; nft 1.0.6 aborts on some rule shapes), and is
+// adopted by a new Balancer with nothing to change.
+func TestEveryOptionListsAndIsAdopted(t *testing.T) {
+	bed := mustBed(t, testbed.Options{Clients: 2})
+	b := mustOpen(t, bed, lb.Options{})
+	f := farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
+	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 10}
+	f.Deny = []netip.Prefix{netip.PrefixFrom(bed.Clients[1].Addr4, 32)}
+	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	f.TCPStrict = true
+	f.Persistence = &lb.Persistence{TTL: lb.Duration(time.Minute)}
+	f.Scheduler = lb.Consistent
+	g := farm("ftp", vip4, 21, lb.NAT, backendsOf(bed, false, 21, 1))
+	g.Helpers = []lb.Helper{lb.FTP}
+	g.Scheduler = lb.RoundRobin
+	h := farm("h6", vip6, 80, lb.DNAT, backendsOf(bed, true, 80, 1, 2))
+	h.Scheduler = lb.Hash
+	h.HashFields = []lb.HashField{lb.SrcIP, lb.DstPort}
+	h.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)}
+	h.Deny = []netip.Prefix{netip.MustParsePrefix("2001:db8:dead::/48")}
+	mustApply(t, b, lb.State{Farms: []lb.Farm{f, g, h}})
+	if _, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 80)); err != nil {
+		t.Error(err)
+	}
+	if _, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip6, 80)); err != nil {
+		t.Error(err)
+	}
+	text := listRuleset(t, bed.Balancer.Namespace)
+	for _, want := range []string{"chain farm_", "ct helper set \"ftp\"", "@client_conns4", "jhash"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("nft list ruleset lacks %q", want)
+		}
+	}
+	b2 := mustOpen(t, bed, lb.Options{})
+	p, err := b2.Plan(testContext(t), lb.State{Farms: []lb.Farm{f, g, h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Empty() {
+		t.Errorf("a new Balancer would change the table it adopted:\n%s", p)
+	}
+}
