@@ -155,7 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	duration := fs.Duration("duration", 3*time.Second, "measured time per data-plane point")
 	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured warm-up before each data-plane point")
 	sizes := fs.String("sizes", "1,100,1000,10000", "farm counts, 2 backends each")
-	variants := fs.String("variants", strings.Join(allVariants, ","), "data-plane variants, in run order")
+	variants := fs.String("variants", strings.Join(defaultVariants, ","), "data-plane variants, in run order (also: "+strings.Join(allVariants[len(defaultVariants):], ", ")+")")
 	sections := fs.String("sections", "dataplane,controlplane,distribution", "sections to run")
 	workers := fs.Int("workers", 32, "concurrent clients")
 	changes := fs.Int("changes", 5, "single changes of each kind per control-plane repetition")

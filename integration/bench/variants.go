@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/l4nft/l4nft/integration/testbed"
 	"github.com/l4nft/l4nft/lb"
@@ -18,10 +19,34 @@ const (
 	varIptablesNft    = "iptables-nft"
 	varFloor          = "floor"
 	varDirect         = "direct"
+	// l4nft with another scheduler, or with persistence, on every farm:
+	// the per-connection cost of each farm option against the same floor.
+	varL4nftRoundRobin = "l4nft-roundrobin"
+	varL4nftHash       = "l4nft-hash"
+	varL4nftSymHash    = "l4nft-symhash"
+	varL4nftConsistent = "l4nft-consistent"
+	varL4nftPersist    = "l4nft-persist"
 )
 
 // allVariants is every data-plane variant, in run order.
-var allVariants = []string{varL4nft, varIptablesLegacy, varIptablesNft, varFloor, varDirect}
+var allVariants = []string{varL4nft, varIptablesLegacy, varIptablesNft, varFloor, varDirect,
+	varL4nftRoundRobin, varL4nftHash, varL4nftSymHash, varL4nftConsistent, varL4nftPersist}
+
+// defaultVariants run unless -variants says otherwise: the scheduler
+// variants are asked for by name.
+var defaultVariants = allVariants[:5]
+
+// farmOption is the option each l4nft variant sets on every farm.
+var farmOption = map[string]func(*lb.Farm){
+	varL4nft:           func(*lb.Farm) {},
+	varL4nftRoundRobin: func(f *lb.Farm) { f.Scheduler = lb.RoundRobin },
+	varL4nftHash:       func(f *lb.Farm) { f.Scheduler = lb.Hash; f.HashFields = []lb.HashField{lb.SrcIP, lb.SrcPort} },
+	varL4nftSymHash:    func(f *lb.Farm) { f.Scheduler = lb.SymHash },
+	varL4nftConsistent: func(f *lb.Farm) { f.Scheduler = lb.Consistent; f.HashFields = []lb.HashField{lb.SrcIP, lb.SrcPort} },
+	// By source address and port, so that every connection of the run
+	// is a new entry: the cost of the lookup, the check and the add.
+	varL4nftPersist: func(f *lb.Farm) { f.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)} },
+}
 
 // backendPort is the port every backend serves; all farms point at it.
 const backendPort = 80
@@ -76,16 +101,16 @@ func newVariant(ctx context.Context, name string, backends int) (*variant, error
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	v := &variant{name: name, bed: bed}
-	switch name {
-	case varL4nft:
-		v.inst = &l4nftInstaller{ns: bed.Balancer.Namespace}
-	case varIptablesLegacy:
+	switch option, isL4nft := farmOption[name]; {
+	case isL4nft:
+		v.inst = &l4nftInstaller{ns: bed.Balancer.Namespace, option: option}
+	case name == varIptablesLegacy:
 		v.inst = &iptablesInstaller{ns: bed.Balancer.Namespace, restore: "iptables-legacy-restore"}
-	case varIptablesNft:
+	case name == varIptablesNft:
 		v.inst = &iptablesInstaller{ns: bed.Balancer.Namespace, restore: "iptables-nft-restore"}
-	case varFloor:
+	case name == varFloor:
 		v.inst = &floorInstaller{ns: bed.Balancer.Namespace}
-	case varDirect:
+	case name == varDirect:
 		v.inst = directInstaller{}
 	default:
 		return nil, errors.Join(fmt.Errorf("unknown variant %q", name), bed.Close())
@@ -98,10 +123,12 @@ func (v *variant) close() error {
 	return errors.Join(v.inst.close(), v.bed.Close())
 }
 
-// l4nftInstaller applies farms with the lb library.
+// l4nftInstaller applies farms with the lb library, each farm changed by
+// option.
 type l4nftInstaller struct {
-	ns  *testbed.Namespace
-	bal *lb.Balancer
+	ns     *testbed.Namespace
+	bal    *lb.Balancer
+	option func(*lb.Farm)
 }
 
 func (l *l4nftInstaller) install(ctx context.Context, farms []farm) error {
@@ -112,7 +139,11 @@ func (l *l4nftInstaller) install(ctx context.Context, farms []farm) error {
 		}
 		l.bal = b
 	}
-	_, err := l.bal.Apply(ctx, lbState(farms))
+	s := lbState(farms)
+	for i := range s.Farms {
+		l.option(&s.Farms[i])
+	}
+	_, err := l.bal.Apply(ctx, s)
 	return err
 }
 
