@@ -118,11 +118,13 @@ func cpCases(cfg config) []cpCase {
 func runControlPlane(ctx context.Context, cfg config, logf func(string, ...any)) ([]*cpRow, error) {
 	var rows []*cpRow
 	for _, c := range cpCases(cfg) {
-		row, err := l4nftControlPlane(ctx, cfg, c, logf)
-		if err != nil {
-			return nil, err
+		for _, v := range append([]string{varL4nft}, cfg.CPOptions...) {
+			row, err := l4nftControlPlane(ctx, cfg, c, v, logf)
+			if err != nil {
+				return nil, err
+			}
+			rows = append(rows, row)
 		}
-		rows = append(rows, row)
 		for _, restore := range []string{"iptables-legacy-restore", "iptables-nft-restore"} {
 			row, err := iptablesControlPlane(ctx, cfg, c, restore, logf)
 			if err != nil {
@@ -135,17 +137,20 @@ func runControlPlane(ctx context.Context, cfg config, logf func(string, ...any))
 }
 
 // l4nftControlPlane measures the lb library at one size in a fresh
-// namespace.
-func l4nftControlPlane(ctx context.Context, cfg config, c cpCase, logf func(string, ...any)) (_ *cpRow, err error) {
+// namespace, every farm with variant's option.
+func l4nftControlPlane(ctx context.Context, cfg config, c cpCase, variant string, logf func(string, ...any)) (_ *cpRow, err error) {
 	ns, err := testbed.NewNamespace("cp-l4nft", "")
 	if err != nil {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, ns.Close()) }()
 	farms := wideFarms(c.farms, c.perFarm)
-	row := &cpRow{System: varL4nft, Farms: c.farms, Backends: totalBackends(farms), Messages: map[string]int{}}
+	row := &cpRow{System: variant, Farms: c.farms, Backends: totalBackends(farms), Messages: map[string]int{}}
 	opts := lb.Options{NetNS: nft.NetNSFd(ns.Fd()), MarkMask: wideMarkMask}
 	state := lbState(farms)
+	for i := range state.Farms {
+		farmOption[variant](&state.Farms[i])
+	}
 	last := len(state.Farms) - 1
 
 	for rep := range cfg.Reps {
@@ -260,8 +265,8 @@ func l4nftControlPlane(ctx context.Context, cfg config, c cpCase, logf func(stri
 		}
 		b.Close()
 	}
-	logf("control plane: l4nft %d farms x %d: install %v, weight %v (SetFarm %v), reapply changed=%t, Open %v (state file %v), Status %v",
-		c.farms, c.perFarm, median(row.Times[opInstall]), median(row.Times[opWeight]), median(row.Times[opSFWeight]), row.ReapplyChanged,
+	logf("control plane: %s %d farms x %d: install %v, weight %v (SetFarm %v), reapply changed=%t, Open %v (state file %v), Status %v",
+		variant, c.farms, c.perFarm, median(row.Times[opInstall]), median(row.Times[opWeight]), median(row.Times[opSFWeight]), row.ReapplyChanged,
 		median(row.Times[opOpen]), median(row.Times[opOpenState]), median(row.Times[opStatus]))
 	return row, nil
 }

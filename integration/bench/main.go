@@ -37,6 +37,9 @@ type config struct {
 	Sizes []int
 	// Variants are the data-plane variants, in run order.
 	Variants []string
+	// CPOptions are l4nft variants (see farmOption) whose control plane
+	// is measured too, every farm with the variant's option.
+	CPOptions []string
 	// Workers is the number of concurrent clients.
 	Workers int
 	// Changes is how many of each single change a control-plane repetition
@@ -155,6 +158,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	duration := fs.Duration("duration", 3*time.Second, "measured time per data-plane point")
 	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured warm-up before each data-plane point")
 	sizes := fs.String("sizes", "1,100,1000,10000", "farm counts, 2 backends each")
+	cpOptions := fs.String("cp-options", "", "control plane: also measure l4nft with every farm of these variants ("+strings.Join(allVariants[len(defaultVariants):], ", ")+")")
 	variants := fs.String("variants", strings.Join(defaultVariants, ","), "data-plane variants, in run order (also: "+strings.Join(allVariants[len(defaultVariants):], ", ")+")")
 	sections := fs.String("sections", "dataplane,controlplane,distribution", "sections to run")
 	workers := fs.Int("workers", 32, "concurrent clients")
@@ -190,7 +194,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	cfg := config{
 		Out: *out, Reps: *reps, Duration: *duration, Warmup: *warmup, Workers: *workers,
 		Changes: *changes, DistConns: *distConns, Smoke: *smoke,
-		Sections: splitList(*sections), Variants: splitList(*variants),
+		Sections: splitList(*sections), Variants: splitList(*variants), CPOptions: splitList(*cpOptions),
 		IptablesTimeout: 2 * time.Minute, DistLimit: 2 * time.Minute,
 		Suite: *suite, AgentWatch: *agentWatch, AgentChanges: *agentChanges, L4nftBinary: *l4nftBin, AgentDir: *agentDir, WriteResults: *writeResults,
 	}
@@ -257,6 +261,11 @@ func (c config) check() error {
 		return fmt.Errorf("-agent-watch %v: want a positive interval (reloads are measured through the file watcher)", c.AgentWatch)
 	case c.AgentChanges < 0:
 		return fmt.Errorf("-agent-changes %d: want at least 0", c.AgentChanges)
+	}
+	for _, v := range c.CPOptions {
+		if _, ok := farmOption[v]; !ok || v == varL4nft {
+			return fmt.Errorf("unknown -cp-options variant %q (want some of %s)", v, strings.Join(allVariants[len(defaultVariants):], ","))
+		}
 	}
 	for _, v := range c.Variants {
 		if !contains(allVariants, v) {

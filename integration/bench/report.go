@@ -392,7 +392,7 @@ func renderControlPlane(b *strings.Builder, rows []*cpRow, ref *kernelRef) {
 			inst = shorten(r.Err, 80)
 		}
 		msgs, mem, alloc, present := "-", "-", "-", "-"
-		if r.System == varL4nft {
+		if strings.HasPrefix(r.System, varL4nft) {
 			var ms []string
 			for _, op := range cpOps {
 				ms = append(ms, fmt.Sprint(r.Messages[op]))
