@@ -92,7 +92,7 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 		key = nft.PersistKey{Family: fam, ID: m.lasting, Fields: p.By.fields()}
 		persist = persistSet(fam, p.By)
 		ttl = p.TTL.String()
-		k := fmt.Sprintf("%s . %s", markText(m.lasting), fieldsText(fam, key.Fields))
+		k := fmt.Sprintf("%s . %s", constText(m.lasting), fieldsText(fam, key.Fields))
 		c.rules = append(c.rules,
 			rule{
 				Rule: nft.Rule{Exprs: nft.RestorePersisted(key, persist.Name), Comment: "persistence: the client's last backend"},
@@ -101,11 +101,11 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 			},
 			rule{
 				Rule: nft.Rule{Exprs: nft.KeepPersisted(key, persist.Name, setPersistOK.Name, m.farm, p.TTL.duration()), Comment: "persistence: keep it while it takes connections"},
-				text: textf("%s . ct mark @%s update @%s { %s timeout %s : ct mark } return", markText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
+				text: textf("%s . ct mark @%s update @%s { %s timeout %s : ct mark } return", constText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
 			},
 			rule{
 				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name, m.farm), Comment: "persistence: forget a backend that takes no connections"},
-				text: textf("delete @%s { %s } ct mark set %s", persist.Name, k, markText(m.farm)),
+				text: textf("delete @%s { %s : %s } ct mark set %s", persist.Name, k, constText(m.farm), markText(m.farm)),
 			})
 	}
 	var slot []expr.Any
@@ -125,11 +125,11 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 	chooseText := fmt.Sprintf("ct mark set ct mark . %s map @%s", slotText, schedule.Name)
 	if f.Scheduler == Consistent {
 		choose = nft.ChooseFromTable(setConsistent.Name, m.lasting, slot)
-		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", markText(m.lasting), slotText, setConsistent.Name)
+		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, setConsistent.Name)
 	}
 	if f.Persistence != nil {
 		choose = slices.Concat(choose, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
-		chooseText += textf(" add @%s { %s . %s timeout %s : ct mark }", persist.Name, markText(m.lasting), fieldsText(fam, key.Fields), ttl)
+		chooseText += textf(" add @%s { %s . %s timeout %s : ct mark }", persist.Name, constText(m.lasting), fieldsText(fam, key.Fields), ttl)
 	}
 	c.rules = append(c.rules,
 		rule{
@@ -202,10 +202,10 @@ func admission(f Farm, m farmMarks, text bool) []rule {
 		return fmt.Sprintf(format, args...)
 	}
 	key := nft.ClientKey(fam, m.lasting)
-	keyText := fmt.Sprintf("%s . %s saddr", markText(m.lasting), fam)
+	keyText := fmt.Sprintf("%s . %s saddr", constText(m.lasting), fam)
 	count := func(r rejectReason) []expr.Any { return nft.CountPair(setRejects.Name, m.lasting, uint32(r)) }
 	countText := func(r rejectReason) string {
-		return fmt.Sprintf("%s . %d @%s", markText(m.lasting), r, setRejects.Name)
+		return fmt.Sprintf("%s . %s @%s", constText(m.lasting), constText(uint32(r)), setRejects.Name)
 	}
 	action, actionText := []expr.Any{nft.RejectUnreachable()}, "reject with icmpx port-unreachable"
 	if f.Protocol == TCP {
@@ -295,3 +295,7 @@ func helperObjectsOf(f Farm) []nft.HelperObject {
 	}
 	return out
 }
+
+// constText writes a constant as the rules load it (nft.Constant), which
+// nft parses where a bare constant would not be.
+func constText(v uint32) string { return "ct mark & 0x00000000 | " + markText(v) }

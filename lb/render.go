@@ -13,6 +13,12 @@ import (
 // design it replaces. `nft -f` of the text installs an equivalent table
 // (replacing one of the same name) and touches nothing else.
 //
+// Farm options that need a farm chain write constants (a farm's ids) as
+// `ct mark & 0x00000000 | 0x...`, which is how the rules load them, since
+// nft cannot parse a bare constant in a concatenation. nft 1.0.6 runs out
+// of registers writing the rules of an IPv6 farm that persists by address
+// and port; Apply sends them fine.
+//
 // One difference is not visible in the text: nft declares the schedule
 // map as a concatenation, which the kernel stores as a pipapo set, where
 // Apply declares the same 8-byte key as one field, stored as an rbtree that
@@ -31,6 +37,9 @@ func Render(s State, opts Options) (string, error) {
 		marks.ensure(objectKey{f.Name, ""})
 		for _, be := range f.Backends {
 			marks.ensure(objectKey{f.Name, be.Name})
+		}
+		if needsID(f) {
+			marks.ensure(idKey(f.Name))
 		}
 		farms[f.Name] = compileFarm(f, marks, opts.MarkMask, true)
 	}
@@ -80,7 +89,7 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 		case isList(s.Name) || strings.HasPrefix(s.Name, "client_"):
 			p(2, "typeof ct mark . %s saddr", map[bool]string{true: "ip6", false: "ip"}[strings.HasSuffix(s.Name, "6")])
 		case s.Name == setConsistent.Name:
-			p(2, "typeof ct mark . ct mark : ct mark")
+			p(2, "typeof ct mark . numgen random mod 1 : ct mark")
 		case s.Dynamic:
 			p(2, "typeof %s", persistTypeof(s.Name))
 		case s.Data.Name != "":

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"slices"
 	"time"
 
 	"github.com/google/nftables/expr"
@@ -52,10 +53,7 @@ func KeyOverConnections(k PersistKey, set string, n uint32) []expr.Any {
 // of PairKeys: the lookup of a constant, for counting a rule's matches in
 // a set that a dump reads for all farms at once.
 func CountPair(set string, a, b uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Immediate{Register: reg1, Data: PairKey(a, b)},
-		&expr.Lookup{SourceRegister: reg1, SetName: set},
-	}
+	return slices.Concat(Constant(0, a), Constant(1, b), []expr.Any{&expr.Lookup{SourceRegister: reg1, SetName: set}})
 }
 
 // Drop drops the packet.

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"encoding/binary"
+	"slices"
 	"time"
 
 	"github.com/google/nftables/expr"
@@ -107,9 +108,8 @@ func ChooseBySlot(set string, slot []expr.Any) []expr.Any {
 // for id . slot, the slot drawn by slot, both in host order (PairKey):
 // ct mark set ID . SLOT map @table.
 func ChooseFromTable(table string, id uint32, slot []expr.Any) []expr.Any {
-	out := append([]expr.Any{}, slot...)
+	out := slices.Concat(slot, Constant(0, id))
 	return append(out,
-		&expr.Immediate{Register: reg32(0), Data: Mark(id)},
 		&expr.Lookup{SourceRegister: reg1, SetName: table, IsDestRegSet: true, DestRegister: reg1},
 		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true})
 }
@@ -124,9 +124,20 @@ type PersistKey struct {
 	Fields []Field
 }
 
+// Constant loads the 4-byte value v (host order, as marks are) into
+// reg32(at) as ct mark & 0 ^ v rather than as an immediate: nft can write
+// and read that back in a concatenation (ct mark & 0x0 | v . ip saddr),
+// where it cannot parse a bare constant.
+func Constant(at int, v uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg32(at), Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: reg32(at), DestRegister: reg32(at), Len: 4, Mask: Mark(0), Xor: Mark(v)},
+	}
+}
+
 // load loads the key from reg32(2) and returns its length in bytes.
 func (k PersistKey) load() ([]expr.Any, uint32) {
-	out := []expr.Any{&expr.Immediate{Register: reg32(2), Data: Mark(k.ID)}}
+	out := Constant(2, k.ID)
 	fields, n := loadFields(k.Family, k.Fields, 3)
 	return append(out, fields...), n + 4
 }
@@ -162,11 +173,9 @@ func RestorePersisted(k PersistKey, persist string) []expr.Any {
 // KeepPersisted matches when the pair farm . ct mark is in set ok, then
 // refreshes the key's entry in map persist and returns from the chain.
 func KeepPersisted(k PersistKey, persist, ok string, farm uint32, ttl time.Duration) []expr.Any {
-	out := []expr.Any{
-		&expr.Immediate{Register: reg32(0), Data: Mark(farm)},
+	out := append(Constant(0, farm),
 		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK},
-		&expr.Lookup{SourceRegister: reg32(0), SetName: ok},
-	}
+		&expr.Lookup{SourceRegister: reg32(0), SetName: ok})
 	key, _ := k.load()
 	return append(append(out, key...),
 		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: ttl},
@@ -179,8 +188,8 @@ func ForgetPersisted(k PersistKey, persist string, farm uint32) []expr.Any {
 	out, _ := k.load()
 	// The kernel wants a data register for any operation on a map, and
 	// (since 6.12) refuses a rule that reads a register it did not write.
+	out = append(out, Constant(1, farm)...)
 	return append(out,
-		&expr.Immediate{Register: reg32(1), Data: Mark(farm)},
 		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: dynsetDelete},
 		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
 }

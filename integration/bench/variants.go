@@ -45,7 +45,9 @@ var farmOption = map[string]func(*lb.Farm){
 	varL4nftConsistent: func(f *lb.Farm) { f.Scheduler = lb.Consistent; f.HashFields = []lb.HashField{lb.SrcIP, lb.SrcPort} },
 	// By source address and port, so that every connection of the run
 	// is a new entry: the cost of the lookup, the check and the add.
-	varL4nftPersist: func(f *lb.Farm) { f.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)} },
+	varL4nftPersist: func(f *lb.Farm) {
+		f.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)}
+	},
 }
 
 // backendPort is the port every backend serves; all farms point at it.
