@@ -117,6 +117,9 @@ type Rejections struct {
 	ClientRate        uint64 `json:"client_rate,omitempty"`
 	ClientConnections uint64 `json:"client_connections,omitempty"`
 	Invalid           uint64 `json:"invalid,omitempty"`
+	// BackendFull counts first packets dropped because the backend
+	// chosen had its MaxConnections.
+	BackendFull uint64 `json:"backend_full,omitempty"`
 }
 
 // rejectReason names a counter of Rejections in the rejects set.
@@ -129,11 +132,13 @@ const (
 	reasonClientRate
 	reasonClientConnections
 	reasonInvalid
+	reasonBackendFull
 )
 
 var reasonNames = map[rejectReason]string{
 	reasonDenied: "denied", reasonNotAllowed: "not_allowed", reasonRate: "rate",
 	reasonClientRate: "client_rate", reasonClientConnections: "client_connections", reasonInvalid: "invalid",
+	reasonBackendFull: "backend_full",
 }
 
 // add counts n rejections for reason.
@@ -151,6 +156,8 @@ func (r *Rejections) add(reason rejectReason, n uint64) {
 		r.ClientConnections += n
 	case reasonInvalid:
 		r.Invalid += n
+	case reasonBackendFull:
+		r.BackendFull += n
 	}
 }
 
@@ -174,6 +181,9 @@ func reasons(f Farm) []rejectReason {
 		if l.EstablishedPerClient > 0 {
 			out = append(out, reasonClientConnections)
 		}
+	}
+	if limitsBackends(f) {
+		out = append(out, reasonBackendFull)
 	}
 	return out
 }

@@ -94,6 +94,9 @@ func backendComment(f Farm, b Backend) string {
 	if b.Priority != 0 {
 		c += fmt.Sprintf(" priority=%d", b.Priority)
 	}
+	if b.MaxConnections != 0 {
+		c += fmt.Sprintf(" max_connections=%d", b.MaxConnections)
+	}
 	return c
 }
 
@@ -260,7 +263,13 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 		c.elements[deny.Name] = listElements(lasting, f.Deny, textf)
 	}
 	if needsChain(f) {
-		c.chain = farmChain(f, farmMarks{farm: id, lasting: lasting, mask: mask}, schedule, space, text)
+		fm := farmMarks{farm: id, lasting: lasting, mask: mask, backends: map[string]uint32{}}
+		for _, b := range f.Backends {
+			if b.MaxConnections > 0 {
+				fm.backends[b.Name] = marks.get(objectKey{f.Name, b.Name})
+			}
+		}
+		c.chain = farmChain(f, fm, schedule, space, text)
 		c.add(setFarmChains, element{
 			Element: nft.Element{Key: nft.Mark(id), Jump: c.chain.Name},
 			text:    textf("%s : jump %s", markText(id), c.chain.Name),

@@ -35,7 +35,12 @@ const persistEntries = 1 << 20
 
 // needsChain reports whether a farm needs a chain of its own.
 func needsChain(f Farm) bool {
-	return f.Scheduler != Weight || f.Persistence != nil || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || len(f.Helpers) > 0
+	return f.Scheduler != Weight || f.Persistence != nil || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || len(f.Helpers) > 0 || limitsBackends(f)
+}
+
+// limitsBackends reports whether a backend of the farm has MaxConnections.
+func limitsBackends(f Farm) bool {
+	return slices.ContainsFunc(f.Backends, func(b Backend) bool { return b.MaxConnections > 0 })
 }
 
 // idKey names a farm's lasting id in the mark table: a mark that, unlike
@@ -46,12 +51,14 @@ func idKey(farm string) objectKey { return objectKey{farm, "#id"} }
 
 // needsID reports whether a farm needs a lasting id.
 func needsID(f Farm) bool {
-	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0
+	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || limitsBackends(f)
 }
 
 // farmMarks are the marks a farm chain names.
 type farmMarks struct {
 	farm, lasting, mask uint32
+	// backends are the marks of the backends with MaxConnections.
+	backends map[string]uint32
 }
 
 // persistSet returns the persistence map for a family and key.
@@ -100,12 +107,13 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 				seed: "nftlb: persistence (ct mark set ... map @persist-map); IPVS: persistent templates",
 			},
 			rule{
-				Rule: nft.Rule{Exprs: nft.KeepPersisted(key, persist.Name, setPersistOK.Name, m.farm, p.TTL.duration()), Comment: "persistence: keep it while it takes connections"},
-				text: textf("%s . ct mark @%s update @%s { %s timeout %s : ct mark } return", constText(m.farm), setPersistOK.Name, persist.Name, k, ttl),
+				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name, setPersistOK.Name, m.farm), Comment: "persistence: forget a backend that takes no connections"},
+				text: textf("ct mark != %s %s . ct mark != @%s delete @%s { %s : ct mark } ct mark set %s",
+					markText(m.farm), constText(m.farm), setPersistOK.Name, persist.Name, k, markText(m.farm)),
 			},
 			rule{
-				Rule: nft.Rule{Exprs: nft.ForgetPersisted(key, persist.Name, m.farm), Comment: "persistence: forget a backend that takes no connections"},
-				text: textf("delete @%s { %s : %s } ct mark set %s", persist.Name, k, constText(m.farm), markText(m.farm)),
+				Rule: nft.Rule{Exprs: nft.KeepPersisted(key, persist.Name, m.farm, p.TTL.duration()), Comment: "persistence: keep it while it takes connections"},
+				text: textf("ct mark != %s update @%s { %s timeout %s : ct mark }", markText(m.farm), persist.Name, k, ttl),
 			})
 	}
 	var slot []expr.Any
@@ -128,15 +136,35 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, setConsistent.Name)
 	}
 	if f.Persistence != nil {
-		choose = slices.Concat(choose, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
-		chooseText += textf(" add @%s { %s . %s timeout %s : ct mark }", persist.Name, constText(m.lasting), fieldsText(fam, key.Fields), ttl)
+		// Only while persistence gave no backend.
+		choose = slices.Concat(nft.MatchCtMark(m.farm), choose, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
+		chooseText = textf("ct mark %s %s add @%s { %s . %s timeout %s : ct mark }", markText(m.farm), chooseText, persist.Name, constText(m.lasting), fieldsText(fam, key.Fields), ttl)
+	}
+	c.rules = append(c.rules, rule{
+		Rule: nft.Rule{Exprs: choose, Comment: f.Scheduler.String() + " choice of backend"},
+		text: textf("%s", chooseText),
+		seed: seedOf(f.Scheduler),
+	})
+	// A backend at its max_connections takes no more: the connection's
+	// first packet is dropped, and the client's retransmission, a new
+	// connection to conntrack, chooses again. (A choice made again at once
+	// would leave this connection counted against the full backend, for
+	// the kernel counts a connection when it checks the count.)
+	for _, b := range f.Backends {
+		if b.MaxConnections == 0 {
+			continue
+		}
+		bm := m.backends[b.Name]
+		c.rules = append(c.rules, rule{
+			Rule: nft.Rule{Exprs: slices.Concat(nft.MarkOverConnections(bm, setBackendConns.Name, uint32(b.MaxConnections)),
+				nft.CountPair(setRejects.Name, m.lasting, uint32(reasonBackendFull)), []expr.Any{nft.Drop()}),
+				Comment: "refuse: backend_full " + b.Name},
+			text: textf("ct mark %s add @%s { ct mark ct count over %d } %s . %s @%s drop",
+				markText(bm), setBackendConns.Name, b.MaxConnections, constText(m.lasting), constText(uint32(reasonBackendFull)), setRejects.Name),
+			seed: "IPVS: u_threshold; nftlb: backend est-connlimit",
+		})
 	}
 	c.rules = append(c.rules,
-		rule{
-			Rule: nft.Rule{Exprs: choose, Comment: f.Scheduler.String() + " choice of backend"},
-			text: textf("%s", chooseText),
-			seed: seedOf(f.Scheduler),
-		},
 		rule{
 			Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtMarkIs(m.mask, m.farm), nft.MatchL4Proto(protoTCP), []expr.Any{nft.RejectTCPReset()}), Comment: "no available backend: refuse"},
 			text: textf("ct mark & %s == %s meta l4proto tcp reject with tcp reset", markText(m.mask), markText(m.farm)),

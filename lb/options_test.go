@@ -35,6 +35,7 @@ func optionFarms() []Farm {
 		f.Deny = []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("255.255.255.0/24")}
 	})
 	add("ftp", func(f *Farm) { f.Helpers = []Helper{FTP} })
+	add("capped", func(f *Farm) { f.Backends[0].MaxConnections = 5 })
 	v6 := validFarm("v6", "2001:db8:f::1")
 	v6.Backends = []Backend{{Name: "a", Address: addr("2001:db8:b::10"), Weight: 1}, {Name: "b", Address: addr("2001:db8:b::11"), Weight: 3}}
 	v6.Scheduler = Consistent

@@ -397,6 +397,11 @@ func parseBackend(name string, kv map[string]string, target nft.Element) (Backen
 			return be, fmt.Errorf("priority: %w", err)
 		}
 	}
+	if p, ok := kv["max_connections"]; ok {
+		if be.MaxConnections, err = strconv.Atoi(p); err != nil {
+			return be, fmt.Errorf("max_connections: %w", err)
+		}
+	}
 	v := target.Value
 	switch len(v) {
 	case 0:

@@ -118,6 +118,9 @@ var (
 	setClientRate6  = nft.Set{Name: "client_rate6", Key: integerKey(20), Dynamic: true, Timeouts: true, Size: clientEntries}
 	setClientConns4 = nft.Set{Name: "client_conns4", Key: integerKey(8), Dynamic: true, Size: clientEntries}
 	setClientConns6 = nft.Set{Name: "client_conns6", Key: integerKey(20), Dynamic: true, Size: clientEntries}
+	// backend_conns: backend mark -> its connection count, for the
+	// backends with MaxConnections.
+	setBackendConns = nft.Set{Name: "backend_conns", Key: nftables.TypeMark, Dynamic: true, Size: clientEntries}
 	// persist_BY_FAMILY: lasting farm id . client key -> backend mark,
 	// written by the rules as connections arrive and expiring on their
 	// own. They hold no farm's elements: nothing reads them back or
@@ -159,7 +162,7 @@ var allSets = slices.Concat(
 
 // trafficSets are the sets whose elements the rules make as connections
 // arrive: no farm's, never read back or diffed.
-var trafficSets = slices.Concat(persistSets, []nft.Set{setClientRate4, setClientRate6, setClientConns4, setClientConns6})
+var trafficSets = slices.Concat(persistSets, []nft.Set{setClientRate4, setClientRate6, setClientConns4, setClientConns6, setBackendConns})
 
 // clientEntries caps each per-client set: when one is full, a new client
 // is admitted without a limit of its own.

@@ -86,6 +86,11 @@ type Backend struct {
 	// best priority is drained, down or removed, the next priority takes
 	// over in the same change, and gives way again when one comes back.
 	Priority int `json:"priority,omitempty"`
+	// MaxConnections, if not 0, is how many connections the backend takes
+	// at once: while it has that many, the first packet of a new
+	// connection chosen for it is dropped, and the client's retransmission
+	// (a second later for TCP) chooses again, so other backends take it.
+	MaxConnections int `json:"max_connections,omitempty"`
 }
 
 // MaxPriority is the worst backend priority.

@@ -282,6 +282,9 @@ func Validate(s State, opts Options) error {
 			case b.Weight < 1 || b.Weight > MaxWeight:
 				backend("weight", "%d is outside 1-%d", b.Weight, MaxWeight)
 			}
+			if b.MaxConnections < 0 || b.MaxConnections > MaxLimit {
+				backend("max_connections", "%d is outside 0-%d (0: no limit)", b.MaxConnections, MaxLimit)
+			}
 			if b.Priority < 0 || b.Priority > MaxPriority {
 				backend("priority", "%d is outside 1-%d (0 means 1)", b.Priority, MaxPriority)
 			}

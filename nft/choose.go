@@ -148,18 +148,20 @@ func (k PersistKey) Len() int {
 	return int(n)
 }
 
-// Persistence takes three rules, because nft (1.0.6) cannot list a rule
-// that looks up a key built from another lookup's result:
+// Persistence takes three rules before the choice, because nft (1.0.6)
+// cannot list a rule that looks up a key built from another lookup's
+// result:
 //
 //	RestorePersisted: ct mark set KEY map @persist
-//	KeepPersisted:    FARM . ct mark @ok update @persist { KEY timeout TTL : ct mark } return
-//	ForgetPersisted:  delete @persist { KEY } ct mark set FARM
+//	ForgetPersisted:  ct mark != FARM FARM . ct mark != @ok delete @persist { KEY } ct mark set FARM
+//	KeepPersisted:    ct mark != FARM update @persist { KEY timeout TTL : ct mark }
 //
 // The first gives a new connection the backend the map remembers for its
-// key, if any; the second keeps it if the pair farm . backend is in set ok
-// (the backend still takes new connections), refreshes the entry and
-// returns from the chain; otherwise the third forgets the entry and puts
-// the farm mark back, for a fresh choice that RememberChoice records.
+// key, if any; the second forgets an entry whose backend no longer takes
+// connections (the pair farm . backend is not in set ok) and puts the farm
+// mark back; the third refreshes an entry that stays. The choice that
+// follows runs only while the mark is still the farm's (MatchCtMarkIs),
+// and RememberChoice records it.
 
 // RestorePersisted sets the connection's mark to what map persist holds
 // for the key: ct mark set KEY map @persist.
@@ -170,28 +172,47 @@ func RestorePersisted(k PersistKey, persist string) []expr.Any {
 		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
 }
 
-// KeepPersisted matches when the pair farm . ct mark is in set ok, then
-// refreshes the key's entry in map persist and returns from the chain.
-func KeepPersisted(k PersistKey, persist, ok string, farm uint32, ttl time.Duration) []expr.Any {
-	out := append(Constant(0, farm),
+// ForgetPersisted matches a connection whose mark is no longer the
+// farm's but whose pair farm . ct mark is not in set ok, deletes the key's
+// entry from map persist and sets the mark back to the farm's.
+func ForgetPersisted(k PersistKey, persist, ok string, farm uint32) []expr.Any {
+	out := slices.Concat(matchCtMarkNot(farm), Constant(0, farm), []expr.Any{
 		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK},
-		&expr.Lookup{SourceRegister: reg32(0), SetName: ok})
+		&expr.Lookup{SourceRegister: reg32(0), SetName: ok, Invert: true},
+	})
 	key, _ := k.load()
+	// The kernel wants a data register for any operation on a map; the
+	// mark in reg32(1) serves.
 	return append(append(out, key...),
-		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: ttl},
-		Return())
+		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: dynsetDelete},
+		&expr.Immediate{Register: reg32(1), Data: Mark(farm)},
+		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
 }
 
-// ForgetPersisted deletes the key's entry from map persist and sets the
-// connection's mark back to the farm's.
-func ForgetPersisted(k PersistKey, persist string, farm uint32) []expr.Any {
-	out, _ := k.load()
-	// The kernel wants a data register for any operation on a map, and
-	// (since 6.12) refuses a rule that reads a register it did not write.
-	out = append(out, Constant(1, farm)...)
-	return append(out,
-		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: dynsetDelete},
-		&expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK, SourceRegister: true})
+// KeepPersisted refreshes the key's entry in map persist for a connection
+// whose mark is no longer the farm's: the backend persistence gave it.
+func KeepPersisted(k PersistKey, persist string, farm uint32, ttl time.Duration) []expr.Any {
+	out := append(matchCtMarkNot(farm), &expr.Ct{Register: reg32(1), Key: expr.CtKeyMARK})
+	key, _ := k.load()
+	return append(append(out, key...),
+		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: ttl})
+}
+
+// matchCtMarkNot matches connections whose whole mark is not m.
+func matchCtMarkNot(m uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(m)},
+	}
+}
+
+// MarkOverConnections matches a connection whose whole mark is m when
+// the mark has more than n connections tracked, this one included:
+// ct mark m add @set { ct mark ct count over N }.
+func MarkOverConnections(m uint32, set string, n uint32) []expr.Any {
+	return append(MatchCtMark(m),
+		&expr.Dynset{SrcRegKey: reg1, SetName: set, Operation: unix.NFT_DYNSET_OP_ADD,
+			Exprs: []expr.Any{&expr.Connlimit{Count: n, Flags: connlimitOver}}})
 }
 
 // RememberChoice adds the connection's mark under the key to map persist,
