@@ -78,4 +78,3 @@ func TestMaxConnectionsHoldsABackendAtItsLimit(t *testing.T) {
 		t.Errorf("after its flows closed, %s took no new connection: %v", capped, err)
 	}
 }
-
