@@ -3,7 +3,12 @@
 //
 // A farm is a virtual service (an address and ports of TCP, UDP or SCTP,
 // or every protocol to the address) whose new connections are spread over
-// backends by weighted random choice. In NAT
+// backends by a Scheduler: weighted random (the default), weighted round
+// robin, a hash of chosen fields, a symmetric hash, or a Maglev table
+// (consistent hashing). A farm may also have Persistence (session
+// affinity with a TTL), Limits on new connections in all and per client,
+// allow and deny lists, TCPStrict, conntrack Helpers, and backends with
+// a Priority or MaxConnections. In NAT
 // mode the balancer also rewrites the client's address, so replies come
 // back through it whatever the backends' routes; in DNAT mode the client's
 // address is kept and the balancer must be the backends' gateway. It is the
@@ -35,7 +40,15 @@
 // cascade of `statistic --mode random` rules in one lookup. The farm's
 // ranges live in one of 64 such maps, picked by a verdict map on the farm
 // mark's low bits, because the kernel's commit of a change to an interval
-// map costs in proportion to the whole map. The mark is
+// map costs in proportion to the whole map.
+//
+// A farm whose options put values in rules (a round robin's cycle, a
+// hash's fields, a persistence TTL, a rate) has a chain of its own
+// (farmchain.go), reached through the farm_chains verdict map and
+// versioned by the farm mark like its schedule; its lists, persistence
+// entries, rejection counters and Maglev table are elements of shared
+// sets keyed by a lasting farm id that, unlike the farm mark, never
+// changes. Farms without such options have no chain. The mark is
 // the conntrack mark, within Options.MarkMask, written at hook priority
 // -199 where a new connection's mark is still 0, so other users' bits are
 // kept; the packet mark is never written. NAT chains read the mark and
