@@ -9,12 +9,14 @@ import (
 
 // FuzzValidate: whatever State a caller builds, Validate does not panic;
 // Apply of an invalid one sends nothing, and of a valid one installs it
-// so that a second Apply sends nothing.
+// so that a second Apply sends nothing, nor one by a new Balancer that
+// adopted the table.
 func FuzzValidate(f *testing.F) {
 	for _, s := range []State{
 		farms(2),
 		{Farms: []Farm{validFarm("web", "198.51.100.1"), validFarm("web", "198.51.100.1")}},
 		{Farms: []Farm{{Name: "x", Address: addr("2001:db8::1"), Ports: []PortRange{{1, 65535}}}}},
+		{Farms: optionFarms()},
 	} {
 		b, _ := json.Marshal(s)
 		f.Add(b)
@@ -48,6 +50,10 @@ func FuzzValidate(f *testing.F) {
 		n := len(k.commits)
 		if res, err := b.Apply(context.Background(), s); err != nil || res.Changed || len(k.commits) != n {
 			t.Fatalf("second Apply: %+v, %v", res, err)
+		}
+		adopter := openFake(t, k, Options{}, nil)
+		if res, err := adopter.Apply(context.Background(), s); err != nil || len(k.commits) != n {
+			t.Fatalf("Apply after adoption: %+v, %v", res, err)
 		}
 	})
 }
