@@ -101,7 +101,7 @@ func TestFarmBodyReportsEveryProblem(t *testing.T) {
 		t.Fatalf("PUT: %d %s, want 400", code, out)
 	}
 	want := []string{
-		`farms[web].colour: unknown field "colour" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`,
+		`farms[web].colour: unknown field "colour" (want one of address, allow, backends, deny, hash_fields, health, helpers, limits, mode, name, persistence, ports, protocol, scheduler, slots, source, tcp_strict)`,
 		"farms[web].backends[app0].weight: 20000 is outside 1-10000",
 	}
 	if diff := cmp.Diff(want, problemsOf(t, out)); diff != "" {
