@@ -31,6 +31,11 @@ func FuzzFarmBody(f *testing.F) {
   "hash_fields": ["src_ip", "dst_port"], "slots": 1009, "persistence": {"by": "src_ip_port", "ttl": "5m"},
   "backends": [{"name": "app0", "address": "203.0.113.10", "weight": 1}]}`))
 	f.Add([]byte(`{"name": "web", "scheduler": "hash", "hash_fields": "src_ip", "persistence": {"ttl": "90s", "ttl": "1h"}}`))
+	f.Add([]byte(`{"name": "web", "address": "198.51.100.250", "ports": ["21"],
+  "limits": {"new_per_second": 100, "burst": 10, "new_per_client_per_second": 5, "established_per_client": 20, "action": "drop"},
+  "tcp_strict": true, "allow": ["192.0.2.0/24", "203.0.113.7"], "deny": ["192.0.2.128/25"], "helpers": ["ftp", "sip"],
+  "backends": [{"name": "app0", "address": "203.0.113.10", "weight": 1}]}`))
+	f.Add([]byte(`{"name": "web", "limits": {"burst": 5, "burst": 6}, "allow": "::/0", "deny": [["x"]], "helpers": "tftp", "tcp_strict": 1}`))
 	f.Fuzz(func(t *testing.T, body []byte) { fuzzBody(t, "PUT", "/v1/farms/web", body) })
 }
 

@@ -49,6 +49,26 @@ func fill(tb testing.TB, v reflect.Value, seed int) {
 			f.Set(reflect.ValueOf([]lb.HashField{lb.DstPort, lb.SrcIP}))
 		case *lb.Persistence:
 			f.Set(reflect.ValueOf(&lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(90 * time.Second)}))
+		case *lb.Limits:
+			// Every number within lb's range, and the action that is not
+			// the default.
+			f.Set(reflect.ValueOf(&lb.Limits{NewPerSecond: 1000, Burst: 2000, NewPerClientPerSecond: 20, EstablishedPerClient: 50, Action: lb.Drop}))
+		case bool:
+			f.SetBool(true)
+		case []netip.Prefix:
+			// Of the farm's family (its address is IPv4), not in order,
+			// one a single address, one not masked.
+			switch sf.Name {
+			case "Allow":
+				f.Set(reflect.ValueOf([]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("192.0.2.7/32"),
+					netip.MustParsePrefix("10.1.2.3/8")}))
+			default:
+				f.Set(reflect.ValueOf([]netip.Prefix{netip.MustParsePrefix("203.0.113.128/25")}))
+			}
+		case []lb.Helper:
+			// Helpers that follow udp, the farm's protocol here; not in
+			// canonical order.
+			f.Set(reflect.ValueOf([]lb.Helper{lb.SIP, lb.TFTP}))
 		case lb.BackendState:
 			f.Set(reflect.ValueOf(lb.Drain))
 		case []lb.Backend:
@@ -64,6 +84,7 @@ func fill(tb testing.TB, v reflect.Value, seed int) {
 // through the YAML writer and parser, the JSON writer and parser, and the
 // API's JSON, and comes back the same lb.Farm.
 func TestEveryLBFieldIsCarried(t *testing.T) {
+	addrs := cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })}
 	var want lb.Farm
 	fill(t, reflect.ValueOf(&want).Elem(), 0)
 	want.Name = "web"
@@ -79,7 +100,7 @@ func TestEveryLBFieldIsCarried(t *testing.T) {
 	for _, b := range want.Backends {
 		f.Backends = append(f.Backends, Backend{Backend: b})
 	}
-	if got := f.LB(); !cmp.Equal(got, want, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+	if got := f.LB(); !cmp.Equal(got, want, addrs) {
 		t.Fatalf("LB() = %+v, want %+v", got, want)
 	}
 	for _, name := range []string{"l4nft.yaml", "l4nft.json"} {
@@ -92,7 +113,7 @@ func TestEveryLBFieldIsCarried(t *testing.T) {
 		if err != nil {
 			t.Fatalf("failed to read back %s: %v\n%s", name, err, data)
 		}
-		if diff := cmp.Diff(want, back.Farms[0].LB(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		if diff := cmp.Diff(want, back.Farms[0].LB(), addrs); diff != "" {
 			t.Errorf("%s round trip (-want +got):\n%s", name, diff)
 		}
 		for _, farmFile := range []string{"farms.d/web.yaml", "farms.d/web.json"} {
@@ -100,7 +121,7 @@ func TestEveryLBFieldIsCarried(t *testing.T) {
 			if err != nil {
 				t.Fatalf("failed to read back %s: %v", farmFile, err)
 			}
-			if diff := cmp.Diff(want, back.LB(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+			if diff := cmp.Diff(want, back.LB(), addrs); diff != "" {
 				t.Errorf("%s round trip (-want +got):\n%s", farmFile, diff)
 			}
 		}

@@ -199,16 +199,28 @@ func (c *Config) State() lb.State {
 func (f Farm) LB() lb.Farm {
 	out := f.Farm
 	out.Ports = slices.Clone(f.Ports)
-	out.HashFields = slices.Clone(f.HashFields)
-	if f.Persistence != nil {
-		p := *f.Persistence
-		out.Persistence = &p
-	}
+	cloneOptions(&out)
 	out.Backends = make([]lb.Backend, len(f.Backends))
 	for i := range f.Backends {
 		out.Backends[i] = f.Backends[i].Backend
 	}
 	return out
+}
+
+// cloneOptions gives f its own copy of what its options point to.
+func cloneOptions(f *lb.Farm) {
+	f.HashFields = slices.Clone(f.HashFields)
+	if f.Persistence != nil {
+		p := *f.Persistence
+		f.Persistence = &p
+	}
+	if f.Limits != nil {
+		l := *f.Limits
+		f.Limits = &l
+	}
+	f.Allow = slices.Clone(f.Allow)
+	f.Deny = slices.Clone(f.Deny)
+	f.Helpers = slices.Clone(f.Helpers)
 }
 
 // Farm returns the farm named name.
@@ -234,11 +246,7 @@ func (c *Config) Clone() *Config {
 // Clone returns a deep copy of f.
 func (f Farm) Clone() Farm {
 	f.Ports = append([]lb.PortRange(nil), f.Ports...)
-	f.HashFields = slices.Clone(f.HashFields)
-	if f.Persistence != nil {
-		p := *f.Persistence
-		f.Persistence = &p
-	}
+	cloneOptions(&f.Farm)
 	f.Backends = append([]Backend(nil), f.Backends...)
 	if f.Health != nil {
 		h := *f.Health
@@ -336,7 +344,9 @@ func (f *Farm) HealthTargets() []health.Target {
 // source they were read does not count).
 func (f *Farm) Equal(g *Farm) bool {
 	if !sameHealth(f.Health, g.Health) || len(f.Backends) != len(g.Backends) || !slices.Equal(f.Ports, g.Ports) ||
-		!slices.Equal(f.HashFields, g.HashFields) { // nil and empty alike
+		// nil and empty alike:
+		!slices.Equal(f.HashFields, g.HashFields) || !slices.Equal(f.Allow, g.Allow) || !slices.Equal(f.Deny, g.Deny) ||
+		!slices.Equal(f.Helpers, g.Helpers) {
 		return false
 	}
 	for i := range f.Backends {
@@ -347,6 +357,7 @@ func (f *Farm) Equal(g *Farm) bool {
 	a, b := f.Farm, g.Farm
 	a.Ports, b.Ports, a.Backends, b.Backends = nil, nil, nil, nil
 	a.HashFields, b.HashFields = nil, nil
+	a.Allow, b.Allow, a.Deny, b.Deny, a.Helpers, b.Helpers = nil, nil, nil, nil, nil, nil
 	return reflect.DeepEqual(a, b) // whatever fields lb.Farm gains
 }
 

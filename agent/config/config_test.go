@@ -41,7 +41,8 @@ func mustParse(tb testing.TB, name, text string) *Config {
 	return c
 }
 
-var cmpConfig = cmp.Options{cmpopts.IgnoreUnexported(Config{}, Farm{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })}
+var cmpConfig = cmp.Options{cmpopts.IgnoreUnexported(Config{}, Farm{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })}
 
 func TestParseExample(t *testing.T) {
 	c := mustParse(t, "l4nft.yaml", example)
@@ -202,7 +203,7 @@ func TestHealthOverride(t *testing.T) {
 func TestParseFarm(t *testing.T) {
 	f, err := ParseFarm("request body", []byte(`{"name": "web", "address": "198.51.100.250", "ports": ["80"], "bogus": 1,
  "backends": [{"name": "a", "address": "203.0.113.10"}]}`), Limits{})
-	want := []string{`request body:1: farms[web].bogus: unknown field "bogus" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`}
+	want := []string{`request body:1: farms[web].bogus: unknown field "bogus" (want one of address, allow, backends, deny, hash_fields, health, helpers, limits, mode, name, persistence, ports, protocol, scheduler, slots, source, tcp_strict)`}
 	if diff := cmp.Diff(want, problemStrings(t, err)); diff != "" {
 		t.Errorf("problems mismatch (-want +got):\n%s", diff)
 	}

@@ -154,6 +154,11 @@ api: {socket: "/tmp/a b#c.sock", listen: "127.0.0.1:9100", token_file: "yes"}
 	}
 	f.Backends[0].Health = &Health{}
 	f.Ports = []lb.PortRange{lb.Port(1), {First: 8000, Last: 8010}}
+	f.Limits = &lb.Limits{NewPerClientPerSecond: 7, Burst: 9}
+	f.TCPStrict = true
+	f.Allow = []netip.Prefix{netip.MustParsePrefix("::/0"), netip.MustParsePrefix("2001:db8:c::1/128")}
+	f.Deny = []netip.Prefix{netip.MustParsePrefix("fd00::/8")}
+	f.Helpers = []lb.Helper{lb.SIP}
 	c.Farms = append(c.Farms, f)
 	for _, s := range []string{"", "true", "No", "1:2", "1e3", "0o17", "- x", "a: b", "a #b", "'", "\"", "\\", "é", "\x00", "2001-12-14", ".5", "@x", "*a", "&a", "!t", "%x", "`x", "a,b", "[x]", "{x}", "|", ">"} {
 		if plain(s) {

@@ -33,6 +33,16 @@
 //	    persistence:                # omitted = none; new connections of a client go where its last went
 //	      by: src_ip                # src_ip (default) | src_ip_port | dst_ip
 //	      ttl: 5m                   # 1s-24h after the client's last new connection; required
+//	    limits:                     # omitted = none; each number 0-1000000, 0 = no limit
+//	      new_per_second: 1000      # new connections to the farm per second, all clients together
+//	      burst: 2000               # beyond the rates for a moment (default: one second's worth)
+//	      new_per_client_per_second: 20 # new connections per second of each client address
+//	      established_per_client: 100   # connections open at once of each client address
+//	      action: reject            # reject (default: tcp reset, else icmp unreachable) | drop
+//	    tcp_strict: false           # drop packets conntrack finds invalid (not for protocol all)
+//	    allow: [192.0.2.0/24]       # if given, only clients in these prefixes; an address is its own prefix
+//	    deny: ["192.0.2.66"]        # clients refused, even if allowed; the farm's family, at most 100000 each
+//	    helpers: [ftp]              # conntrack helpers: ftp (tcp) | tftp (udp) | sip (tcp, udp)
 //	    source: 198.51.100.250      # nat mode: SNAT source; omitted = masquerade
 //	    health:                     # omitted = type none
 //	      type: tcp                 # tcp | http | none

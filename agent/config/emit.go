@@ -117,6 +117,35 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 		dst = textField(dst, indent+"  ", "by", p.By)
 		dst = textField(dst, indent+"  ", "ttl", p.TTL)
 	}
+	if l := f.Limits; l != nil {
+		dst = append(append(dst, indent...), "limits:\n"...)
+		in := indent + "  "
+		for _, n := range []struct {
+			key string
+			v   int
+		}{{"new_per_second", l.NewPerSecond}, {"burst", l.Burst}, {"new_per_client_per_second", l.NewPerClientPerSecond},
+			{"established_per_client", l.EstablishedPerClient}} {
+			if n.v != 0 {
+				dst = intField(dst, in, n.key, n.v)
+			}
+		}
+		dst = textField(dst, in, "action", l.Action)
+	}
+	if f.TCPStrict {
+		dst = append(field(dst, indent, "tcp_strict"), "true\n"...)
+	}
+	dst = appendPrefixes(dst, indent, "allow", f.Allow)
+	dst = appendPrefixes(dst, indent, "deny", f.Deny)
+	if len(f.Helpers) > 0 {
+		dst = append(field(dst, indent, "helpers"), '[')
+		for i, h := range f.Helpers {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = scalar(dst, h.String())
+		}
+		dst = append(dst, "]\n"...)
+	}
 	if f.Source.IsValid() {
 		dst = textField(dst, indent, "source", f.Source)
 	}
@@ -143,6 +172,25 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 		if b.Health != nil {
 			dst = appendHealth(dst, b.Health, in)
 		}
+	}
+	return dst
+}
+
+// sizeHint is about the size of f written: its lists of prefixes may
+// make it large.
+func sizeHint(f *Farm) int { return 512 + 32*(len(f.Allow)+len(f.Deny)) }
+
+// appendPrefixes appends a list of prefixes, one per line, quoted: a
+// prefix needs no escaping, and is written without going through scalar's
+// patterns, so that a list of thousands costs a copy of each.
+func appendPrefixes(dst []byte, indent, key string, prefixes []netip.Prefix) []byte {
+	if len(prefixes) == 0 {
+		return dst
+	}
+	dst = append(append(append(dst, indent...), key...), ":\n"...)
+	for _, p := range prefixes {
+		dst = append(append(dst, indent...), "  - \""...)
+		dst = append(p.AppendTo(dst), "\"\n"...)
 	}
 	return dst
 }
@@ -268,7 +316,7 @@ func (f *Farm) Fragment(name string) []byte {
 		}
 		return append([]byte("    "), b...)
 	}
-	return appendFarm(make([]byte, 0, 512), f, "  - ", "    ")
+	return appendFarm(make([]byte, 0, sizeHint(f)), f, "  - ", "    ")
 }
 
 // Assemble returns the file named name holding c's fields other than
@@ -324,7 +372,7 @@ func (f *Farm) MarshalFarmFile(name string) []byte {
 		}
 		return append(b, '\n')
 	}
-	return appendFarm(make([]byte, 0, 512), f, "", "")
+	return appendFarm(make([]byte, 0, sizeHint(f)), f, "", "")
 }
 
 // MarshalMain returns c's fields other than farms as the main file of a

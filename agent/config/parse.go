@@ -52,8 +52,16 @@ func ParseAndValidate(name string, data []byte) (*Config, error) {
 // follow names, for a field whose value did not parse, the fields whose
 // problems lb finds only because it was left at its default: a misspelt
 // scheduler is not weight, and its hash_fields and slots are not wrong
-// for being given.
-var follow = map[string][]string{"scheduler": {"hash_fields", "slots"}}
+// for being given; a misspelt protocol is not tcp, and its helpers are
+// not wrong for following no tcp connection; a rate that does not parse
+// is not absent, and the burst is not wrong for applying to none. A
+// field ending in "[]" stands for every index of the list.
+var follow = map[string][]string{
+	"scheduler":                        {"hash_fields", "slots"},
+	"protocol":                         {"helpers[]"},
+	"limits.new_per_second":            {"limits.burst"},
+	"limits.new_per_client_per_second": {"limits.burst"},
+}
 
 // Merge joins the problems of parsing and validating, dropping the
 // validation problems about a field parsing already reported (or that
@@ -71,9 +79,17 @@ func Merge(perr, verr error) error {
 		}
 	}
 	for _, p := range Problems(verr) {
-		if !seen[p.Path()] {
-			problems = append(problems, p)
+		if seen[p.Path()] {
+			continue
 		}
+		if i := strings.LastIndexByte(p.Field, '['); i >= 0 && strings.HasSuffix(p.Field, "]") {
+			every := p
+			every.Field = p.Field[:i] + "[]"
+			if seen[every.Path()] {
+				continue
+			}
+		}
+		problems = append(problems, p)
 	}
 	return newError(problems)
 }
@@ -428,6 +444,27 @@ func (p *parser) farm(n *yaml.Node, lbl string) Farm {
 			p.integer(v, at("slots"), math.MinInt, math.MaxInt, &f.Slots) // lb.Validate words the range
 		},
 		"persistence": func(v *yaml.Node) { f.Persistence = p.persistence(v, at("persistence"), f.pos) },
+		"limits":      func(v *yaml.Node) { f.Limits = p.farmLimits(v, at("limits"), f.pos) },
+		"tcp_strict":  func(v *yaml.Node) { p.boolean(v, at("tcp_strict"), &f.TCPStrict) },
+		"allow":       func(v *yaml.Node) { f.Allow = p.prefixes(v, path, "allow", f.pos) },
+		"deny":        func(v *yaml.Node) { f.Deny = p.prefixes(v, path, "deny", f.pos) },
+		"helpers": func(v *yaml.Node) {
+			items := []*yaml.Node{v}
+			if v.Kind == yaml.SequenceNode {
+				items = v.Content
+			}
+			f.Helpers = nil // an empty list is none, as an absent one
+			for j, hn := range items {
+				hn = resolve(hn)
+				field := "helpers[" + strconv.Itoa(j) + "]"
+				f.pos[field] = hn.Line
+				// As for hash_fields: a helper that does not parse stays
+				// as the zero helper, which lb reports at the same path.
+				var h lb.Helper
+				p.text(hn, at(field), &h)
+				f.Helpers = append(f.Helpers, h)
+			}
+		},
 		"ports": func(v *yaml.Node) {
 			items := []*yaml.Node{v}
 			if v.Kind == yaml.SequenceNode {
@@ -485,6 +522,79 @@ func (p *parser) persistence(n *yaml.Node, path string, pos positions) *lb.Persi
 		p.add(n, at("ttl"), "missing: want how long a client's entry lives, such as 5m (%s-%s)", lb.MinPersistTTL, lb.MaxPersistTTL)
 	}
 	return ps
+}
+
+// farmLimits parses a farm's limits mapping; its fields' lines go in pos
+// as "limits.new_per_second" and so on. The numbers' ranges are lb's to
+// word.
+func (p *parser) farmLimits(n *yaml.Node, path string, pos positions) *lb.Limits {
+	l := &lb.Limits{}
+	at := func(field string) string { return path + "." + field }
+	number := func(field string, dst *int) func(*yaml.Node) {
+		return func(v *yaml.Node) { p.integer(v, at(field), math.MinInt, math.MaxInt, dst) }
+	}
+	if !p.mapping(n, path, map[string]func(*yaml.Node){
+		"new_per_second":            number("new_per_second", &l.NewPerSecond),
+		"burst":                     number("burst", &l.Burst),
+		"new_per_client_per_second": number("new_per_client_per_second", &l.NewPerClientPerSecond),
+		"established_per_client":    number("established_per_client", &l.EstablishedPerClient),
+		"action":                    func(v *yaml.Node) { p.text(v, at("action"), &l.Action) },
+	}, func(k string, line int) { pos["limits."+k] = line }) {
+		return nil // reported; lb has nothing to add
+	}
+	return l
+}
+
+// prefixes parses the list of prefixes (or the one prefix) of field list
+// of the farm at path, each as "192.0.2.0/24", or an address alone for
+// the prefix of that one address. Each item's line goes in pos as
+// "list[i]". A prefix that does not parse stays as the zero prefix, which
+// lb reports at the same path (Merge keeps one), so that those after it
+// keep their index and line. A list longer than lb.MaxPrefixes is
+// reported as lb would, and what is beyond the limit is not read.
+func (p *parser) prefixes(v *yaml.Node, path, list string, pos positions) []netip.Prefix {
+	items := []*yaml.Node{v}
+	if v.Kind == yaml.SequenceNode {
+		items = v.Content
+	}
+	if len(items) == 0 {
+		return nil // an empty list is none, as an absent one
+	}
+	if len(items) > lb.MaxPrefixes {
+		// At the key's line, where lb's problems about the list are.
+		p.problems = append(p.problems, ProblemAt(p.file, cmp.Or(pos[list], v.Line), path+"."+list,
+			fmt.Sprintf("%d prefixes, more than %d", len(items), lb.MaxPrefixes)))
+		items = items[:lb.MaxPrefixes]
+	}
+	out := make([]netip.Prefix, len(items))
+	for j, n := range items {
+		n = resolve(n)
+		field := list + "[" + strconv.Itoa(j) + "]"
+		pos[field] = n.Line
+		s, ok := p.scalar(n, path+"."+field)
+		if !ok {
+			continue
+		}
+		if pr, err := parsePrefix(s); err == nil {
+			out[j] = pr
+		} else {
+			p.add(n, path+"."+field, "%q is not a prefix (such as 192.0.2.0/24 or 2001:db8::/32) or an address", s)
+		}
+	}
+	return out
+}
+
+// parsePrefix parses "192.0.2.0/24", or an address alone as the prefix
+// of that one address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.IndexByte(s, '/') >= 0 {
+		return netip.ParsePrefix(s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" { // as netip.ParsePrefix, no zone
+		return netip.Prefix{}, errors.New("not an address")
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) Backend {

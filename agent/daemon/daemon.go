@@ -766,6 +766,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		var live map[string]*lb.BackendStatus
 		if lf := installed[f.Name]; lf != nil {
 			fs.PersistenceEntries = lf.PersistenceEntries
+			fs.Rejected = lf.Rejected
 			live = make(map[string]*lb.BackendStatus, len(lf.Backends))
 			for i := range lf.Backends {
 				live[lf.Backends[i].Name] = &lf.Backends[i]

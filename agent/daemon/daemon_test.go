@@ -313,3 +313,39 @@ func TestStatusCountsPersistenceEntries(t *testing.T) {
 		t.Errorf("status after 3 connections from one client: %d persistence entries (%v), want 1", st.Farms[0].PersistenceEntries, err)
 	}
 }
+
+// The status carries a farm's admission options as configured and its
+// rejections as the library counts them: a denied client's attempt is
+// counted, by reason.
+func TestStatusCountsRejections(t *testing.T) {
+	topo, path := mustBareTopology(t)
+	text := fmt.Sprintf(configText, topo.Backends[0].Addr4, topo.Backends[1].Addr4)
+	text = strings.Replace(text, `    ports: ["80"]`+"\n", `    ports: ["80"]`+"\n    deny: ["+topo.Clients[0].Addr4.String()+"]\n"+
+		"    limits: {established_per_client: 100}\n    tcp_strict: true\n", 1)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := mustNew(t, topo, path)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := d.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := st.Farms[0]
+	if len(f.Deny) != 1 || f.Limits == nil || f.Limits.EstablishedPerClient != 100 || !f.TCPStrict || f.Rejected != (lb.Rejections{}) {
+		t.Fatalf("status before any connection: %+v", f.FarmStatus)
+	}
+	ask, stop := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = topo.Clients[0].Ask(ask, "tcp4", netip.MustParseAddrPort("198.51.100.250:80"))
+	stop()
+	if err == nil {
+		t.Fatal("a denied client reached the VIP")
+	}
+	if st, err = d.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := st.Farms[0].Rejected; r.Denied == 0 || r.NotAllowed != 0 || r.Rate != 0 || r.ClientRate != 0 || r.ClientConnections != 0 {
+		t.Errorf("status after a denied client's attempt: rejected %+v, want some denied, nothing else", r)
+	}
+}

@@ -20,6 +20,7 @@
 //	l4nft_farm_bytes_total{farm}
 //	l4nft_farm_backends_available{farm}             backends taking new connections
 //	l4nft_farm_persistence_entries{farm}            clients persistence remembers (farms with persistence only)
+//	l4nft_farm_rejected_total{farm,reason}          new connections refused, by reason (the reasons the farm's options count)
 //	l4nft_apply_duration_seconds                    histogram of kernel transactions
 //	l4nft_apply_errors_total                        applies the kernel refused
 //	l4nft_last_successful_apply_timestamp_seconds   when the kernel last matched the desired state
@@ -63,6 +64,7 @@ type Metrics struct {
 	backendState, backendEffective             *prometheus.Desc
 	farmConns, farmPackets, farmBytes          *prometheus.Desc
 	farmAvailable, farmPersistence             *prometheus.Desc
+	farmRejected                               *prometheus.Desc
 	drifted, repairs                           *prometheus.Desc
 }
 
@@ -99,8 +101,10 @@ func New() *Metrics {
 		farmBytes:        prometheus.NewDesc("l4nft_farm_bytes_total", "Bytes of the farm's connections through the balancer.", farm, nil),
 		farmAvailable:    prometheus.NewDesc("l4nft_farm_backends_available", "Backends of the farm taking new connections.", farm, nil),
 		farmPersistence:  prometheus.NewDesc("l4nft_farm_persistence_entries", "Clients the farm's persistence remembers (live entries).", farm, nil),
-		drifted:          prometheus.NewDesc("l4nft_kernel_drifted", "1 while the kernel differs from the configuration and the repair has not succeeded.", nil, nil),
-		repairs:          prometheus.NewDesc("l4nft_drift_repairs_total", "Differences between the kernel and the configuration found and repaired.", nil, nil),
+		farmRejected: prometheus.NewDesc("l4nft_farm_rejected_total", "New connections to the farm refused or dropped by its deny and allow lists, limits and tcp_strict, by reason.",
+			[]string{"farm", "reason"}, nil),
+		drifted: prometheus.NewDesc("l4nft_kernel_drifted", "1 while the kernel differs from the configuration and the repair has not succeeded.", nil, nil),
+		repairs: prometheus.NewDesc("l4nft_drift_repairs_total", "Differences between the kernel and the configuration found and repaired.", nil, nil),
 	}
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
@@ -149,7 +153,7 @@ func (m *Metrics) ObserveReload(err error) {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.backendConns, m.backendPackets, m.backendBytes, m.backendHealthy,
 		m.backendWeight, m.backendState, m.backendEffective, m.farmConns, m.farmPackets, m.farmBytes, m.farmAvailable,
-		m.farmPersistence, m.drifted, m.repairs} {
+		m.farmPersistence, m.farmRejected, m.drifted, m.repairs} {
 		ch <- d
 	}
 }
@@ -231,5 +235,46 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		if f.Persistence != nil {
 			ch <- prometheus.MustNewConstMetric(m.farmPersistence, prometheus.GaugeValue, float64(f.PersistenceEntries), f.Name)
 		}
+		for _, r := range rejections(f.FarmStatus) {
+			ch <- prometheus.MustNewConstMetric(m.farmRejected, prometheus.CounterValue, float64(r.count), f.Name, r.reason)
+		}
 	}
+}
+
+type rejection struct {
+	reason string
+	count  uint64
+}
+
+// rejections returns a farm's rejection counts for the reasons its
+// options count, in the order of the reasons' names (the registry's).
+// Each such series is emitted from 0 on, not only once it is non-zero: a
+// counter that appears at its first increment hides that increment from
+// rate() and increase(), and an absent series cannot tell "nothing
+// refused" from "not counted". A reason the farm's options do not count
+// has no series (the library keeps no counter for it), so a farm without
+// lists, limits or tcp_strict adds none.
+func rejections(f lb.FarmStatus) []rejection {
+	var out []rejection
+	r, l := f.Rejected, f.Limits
+	if l == nil {
+		l = &lb.Limits{}
+	}
+	for _, c := range []struct {
+		on     bool
+		reason string
+		count  uint64
+	}{ // by reason name
+		{l.EstablishedPerClient > 0, "client_connections", r.ClientConnections},
+		{l.NewPerClientPerSecond > 0, "client_rate", r.ClientRate},
+		{len(f.Deny) > 0, "denied", r.Denied},
+		{f.TCPStrict, "invalid", r.Invalid},
+		{len(f.Allow) > 0, "not_allowed", r.NotAllowed},
+		{l.NewPerSecond > 0, "rate", r.Rate},
+	} {
+		if c.on {
+			out = append(out, rejection{c.reason, c.count})
+		}
+	}
+	return out
 }

@@ -2,8 +2,10 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +123,66 @@ l4nft_farm_persistence_entries{farm="web"} 42
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "l4nft_farm_persistence_entries"); err != nil {
 		t.Error(err)
+	}
+}
+
+// A farm has a rejection counter for each reason its options count, 0
+// included, named as the library's JSON names them; a farm without
+// lists, limits or tcp_strict has none.
+func TestRejected(t *testing.T) {
+	m := New()
+	all := lb.Rejections{Denied: 1, NotAllowed: 2, Rate: 3, ClientRate: 4, ClientConnections: 5, Invalid: 6}
+	lists := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	m.SetStatus(func(context.Context) (daemon.Status, error) {
+		return daemon.Status{Farms: []daemon.FarmStatus{
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "web", Allow: lists, Deny: lists, TCPStrict: true,
+				Limits: &lb.Limits{NewPerSecond: 10, NewPerClientPerSecond: 1, EstablishedPerClient: 5}}, Rejected: all}},
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "plain", Limits: &lb.Limits{}}}},
+			{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "api", Deny: lists, Limits: &lb.Limits{EstablishedPerClient: 5, Action: lb.Drop}},
+				Rejected: lb.Rejections{Denied: 7}}},
+		}}, nil
+	})
+	reg := prometheus.NewPedanticRegistry()
+	if err := m.Register(reg); err != nil {
+		t.Fatalf("failed to register: %v", err)
+	}
+	want := `
+# HELP l4nft_farm_rejected_total New connections to the farm refused or dropped by its deny and allow lists, limits and tcp_strict, by reason.
+# TYPE l4nft_farm_rejected_total counter
+l4nft_farm_rejected_total{farm="api",reason="client_connections"} 0
+l4nft_farm_rejected_total{farm="api",reason="denied"} 7
+l4nft_farm_rejected_total{farm="web",reason="client_connections"} 5
+l4nft_farm_rejected_total{farm="web",reason="client_rate"} 4
+l4nft_farm_rejected_total{farm="web",reason="denied"} 1
+l4nft_farm_rejected_total{farm="web",reason="invalid"} 6
+l4nft_farm_rejected_total{farm="web",reason="not_allowed"} 2
+l4nft_farm_rejected_total{farm="web",reason="rate"} 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "l4nft_farm_rejected_total"); err != nil {
+		t.Error(err)
+	}
+	// Every count of the library's has its reason, named alike, in the
+	// order of the names: farm by farm, the registry's order.
+	b, err := json.Marshal(all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counts map[string]uint64
+	if err := json.Unmarshal(b, &counts); err != nil {
+		t.Fatal(err)
+	}
+	every := rejections(lb.FarmStatus{Farm: lb.Farm{Allow: lists, Deny: lists, TCPStrict: true,
+		Limits: &lb.Limits{NewPerSecond: 10, NewPerClientPerSecond: 1, EstablishedPerClient: 5}}, Rejected: all})
+	for _, r := range every {
+		if counts[r.reason] != r.count {
+			t.Errorf("reason %s counts %d, the library's JSON %d", r.reason, r.count, counts[r.reason])
+		}
+		delete(counts, r.reason)
+	}
+	if len(counts) != 0 {
+		t.Errorf("reasons of the library without a series: %v", counts)
+	}
+	if !slices.IsSortedFunc(every, func(a, b rejection) int { return strings.Compare(a.reason, b.reason) }) {
+		t.Errorf("reasons %v are not in the order of their names", every)
 	}
 }

@@ -356,7 +356,7 @@ func TestBadFileIsRejected(t *testing.T) {
 		got = append(got, p.String())
 	}
 	want := []string{
-		path + `:7: farms[web].colour: unknown field "colour" (want one of address, backends, hash_fields, health, mode, name, persistence, ports, protocol, scheduler, slots, source)`,
+		path + `:7: farms[web].colour: unknown field "colour" (want one of address, allow, backends, deny, hash_fields, health, helpers, limits, mode, name, persistence, ports, protocol, scheduler, slots, source, tcp_strict)`,
 		path + `:18: farms[web].backends[backend1].weight: 0 is not a weight (want 1-10000); to stop new connections set state drain`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -160,6 +160,13 @@ func TestPrintStatus(t *testing.T) {
 		}}, {FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "empty", Scheduler: lb.RoundRobin}}}}}
 	st.Farms = append(st.Farms, daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "rest",
 		Address: netip.MustParseAddr("198.51.100.250"), Protocol: lb.AllProtocols}}})
+	deny := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	st.Farms = append(st.Farms, daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "guarded", Deny: deny,
+		Limits: &lb.Limits{NewPerSecond: 100}}, Rejected: lb.Rejections{Denied: 2, Rate: 10}}, Backends: []daemon.BackendStatus{
+		{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app4", Weight: 1}}, Installed: true},
+		{BackendStatus: lb.BackendStatus{Backend: lb.Backend{Name: "app5", Weight: 1}}, Installed: true},
+	}}, daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "strict", TCPStrict: true}}},
+		daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Name: "unlimited", Limits: &lb.Limits{Action: lb.Drop}}}})
 	var b bytes.Buffer
 	printStatus(&b, st, now)
 	for _, want := range []string{"CONFIG REJECTED", "tcp FAIL", "table rebuilt", "app1"} {
@@ -167,8 +174,8 @@ func TestPrintStatus(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}
 	}
-	// The scheduler and persistence on each farm's first line, in their
-	// columns.
+	// The scheduler, persistence and rejections on each farm's first
+	// line, in their columns.
 	lines := map[string]string{} // by the first cell
 	var header string
 	for l := range strings.SplitSeq(b.String(), "\n") {
@@ -192,10 +199,13 @@ func TestPrintStatus(t *testing.T) {
 		}
 		return strings.TrimSpace(l[start:end])
 	}
-	for _, c := range []struct{ farm, sched, persist string }{
-		{"web", "weight", "-"},
-		{"sticky", "consistent src_ip,dst_port", "42 src_ip_port 5m0s"},
-		{"empty", "roundrobin", "-"},
+	for _, c := range []struct{ farm, sched, persist, rejected string }{
+		{"web", "weight", "-", "-"},
+		{"sticky", "consistent src_ip,dst_port", "42 src_ip_port 5m0s", "-"},
+		{"empty", "roundrobin", "-", "-"},
+		{"guarded", "weight", "-", "12 denied=2,rate=10"},
+		{"strict", "weight", "-", "0"},
+		{"unlimited", "weight", "-", "-"}, // limits of nothing count nothing
 	} {
 		if got := col(c.farm, "SCHEDULER"); got != c.sched {
 			t.Errorf("farm %s: scheduler %q, want %q", c.farm, got, c.sched)
@@ -203,8 +213,11 @@ func TestPrintStatus(t *testing.T) {
 		if got := col(c.farm, "PERSIST"); got != c.persist {
 			t.Errorf("farm %s: persist %q, want %q", c.farm, got, c.persist)
 		}
+		if got := col(c.farm, "REJECTED"); got != c.rejected {
+			t.Errorf("farm %s: rejected %q, want %q", c.farm, got, c.rejected)
+		}
 	}
-	if _, ok := lines["app3"]; ok || strings.Count(b.String(), "consistent") != 1 {
+	if _, ok := lines["app3"]; ok || strings.Count(b.String(), "consistent") != 1 || strings.Count(b.String(), "denied=") != 1 {
 		t.Errorf("farm cells repeated on a farm's later lines:\n%s", b.String())
 	}
 }

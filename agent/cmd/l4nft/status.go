@@ -79,7 +79,7 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FARM\tVIRTUAL\tPROTO\tMODE\tSCHEDULER\tPERSIST\tBACKEND\tTARGET\tWEIGHT\tSTATE\tHEALTH\tACTIVE\tCONNS\tPACKETS\tBYTES")
+	fmt.Fprintln(tw, "FARM\tVIRTUAL\tPROTO\tMODE\tSCHEDULER\tPERSIST\tREJECTED\tBACKEND\tTARGET\tWEIGHT\tSTATE\tHEALTH\tACTIVE\tCONNS\tPACKETS\tBYTES")
 	for _, f := range st.Farms {
 		ports := make([]string, len(f.Ports))
 		for i, p := range f.Ports {
@@ -93,15 +93,15 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 		if f.Mode == lb.NAT && f.Source.IsValid() {
 			mode += " src " + f.Source.String()
 		}
-		sched, persist := schedulerText(f.Farm), persistText(f.FarmStatus)
+		sched, persist, rejected := schedulerText(f.Farm), persistText(f.FarmStatus), rejectedText(f.FarmStatus)
 		if len(f.Backends) == 0 {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t-\t\t\t\t\t\t%d\t%d\t%d\n", f.Name, virtual, f.Protocol, mode, sched, persist,
-				f.Connections, f.Packets, f.Bytes)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t-\t\t\t\t\t\t%d\t%d\t%d\n", f.Name, virtual, f.Protocol, mode, sched, persist,
+				rejected, f.Connections, f.Packets, f.Bytes)
 		}
 		for i, b := range f.Backends {
-			name, virt, proto, md, sc, ps := f.Name, virtual, f.Protocol.String(), mode, sched, persist
+			name, virt, proto, md, sc, ps, rj := f.Name, virtual, f.Protocol.String(), mode, sched, persist, rejected
 			if i > 0 {
-				name, virt, proto, md, sc, ps = "", "", "", "", "", ""
+				name, virt, proto, md, sc, ps, rj = "", "", "", "", "", "", ""
 			}
 			target := b.Address.String()
 			if b.Port != 0 {
@@ -115,7 +115,7 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) {
 			if !b.Installed {
 				active = "absent"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name, virt, proto, md, sc, ps,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%d\n", name, virt, proto, md, sc, ps, rj,
 				b.Name, target, b.Weight, b.State, hs, active, b.Connections, b.Packets, b.Bytes)
 		}
 	}
@@ -144,6 +144,35 @@ func persistText(f lb.FarmStatus) string {
 		return "-"
 	}
 	return fmt.Sprintf("%d %s %s", f.PersistenceEntries, p.By, p.TTL)
+}
+
+// rejectedText is "-" for a farm that counts no rejections (no deny or
+// allow list, limits or tcp_strict), else the new connections it refused
+// and, when there are any, how many for each reason in the order the farm
+// checks them: "0", "12 denied=2,rate=10".
+func rejectedText(f lb.FarmStatus) string {
+	l := f.Limits
+	if len(f.Deny) == 0 && len(f.Allow) == 0 && !f.TCPStrict &&
+		(l == nil || l.NewPerSecond == 0 && l.NewPerClientPerSecond == 0 && l.EstablishedPerClient == 0) {
+		return "-"
+	}
+	r := f.Rejected
+	var total uint64
+	var parts []string
+	for _, c := range []struct {
+		reason string
+		n      uint64
+	}{{"denied", r.Denied}, {"not_allowed", r.NotAllowed}, {"rate", r.Rate}, {"client_rate", r.ClientRate},
+		{"client_connections", r.ClientConnections}, {"invalid", r.Invalid}} {
+		if c.n > 0 {
+			total += c.n
+			parts = append(parts, c.reason+"="+strconv.FormatUint(c.n, 10))
+		}
+	}
+	if len(parts) == 0 {
+		return "0"
+	}
+	return strconv.FormatUint(total, 10) + " " + strings.Join(parts, ",")
 }
 
 func hostPort(a netip.Addr, port string) string {
