@@ -140,7 +140,7 @@ farms:
 		`bad.yaml:12: farms[web].health.timeout: 2s is longer than the interval 1s`,
 		`bad.yaml:14: farms[web].backends[app0].weight: 0 is not a weight (want 1-10000); to stop new connections set state drain`,
 		`bad.yaml:16: farms[web].backends[app1].address: 2001:db8:b::11 is not of the same family as the farm's address 198.51.100.250`,
-		`bad.yaml:17: farms[web].backends[app1].wieght: unknown field "wieght" (want one of address, health, name, port, priority, state, weight)`,
+		`bad.yaml:17: farms[web].backends[app1].wieght: unknown field "wieght" (want one of address, health, max_connections, name, port, priority, state, weight)`,
 		`bad.yaml:18: farms[web].backends[app1].state: unknown state "sleeping" (want up, drain, down)`,
 		`bad.yaml:19: farms[web].backends[app0].health.rise: 0 is outside 1-1000`,
 		`bad.yaml:19: farms[web].backends[app0].name: duplicate backend name (also backends[0])`,

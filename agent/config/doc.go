@@ -27,7 +27,7 @@
 //	    ports: ["443", "8000-8010"] # numbers or "first-last" ranges; none for protocol all
 //	    protocol: tcp               # tcp (default) | udp | tcp+udp | sctp | all (every protocol; other farms' ports on the address win)
 //	    mode: nat                   # nat (default) | dnat
-//	    scheduler: weight           # weight (weighted random, default) | roundrobin | hash | symhash | consistent
+//	    scheduler: consistent       # weight (weighted random, default) | roundrobin | hash | symhash | consistent
 //	    hash_fields: [src_ip]       # hash, consistent: src_ip (default) | src_port | dst_ip | dst_port
 //	    slots: 0                    # consistent: table size, rounded up to a prime; 0 = 100 per backend
 //	    persistence:                # omitted = none; new connections of a client go where its last went

@@ -169,6 +169,9 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 		if b.Priority != 0 {
 			dst = intField(dst, in, "priority", b.Priority)
 		}
+		if b.MaxConnections != 0 {
+			dst = intField(dst, in, "max_connections", b.MaxConnections)
+		}
 		if b.Health != nil {
 			dst = appendHealth(dst, b.Health, in)
 		}

@@ -612,6 +612,9 @@ func (p *parser) backend(n *yaml.Node, path string, pos positions, rel string) B
 		"priority": func(v *yaml.Node) {
 			p.integer(v, at("priority"), math.MinInt, math.MaxInt, &b.Priority) // lb.Validate words the range
 		},
+		"max_connections": func(v *yaml.Node) {
+			p.integer(v, at("max_connections"), math.MinInt, math.MaxInt, &b.MaxConnections)
+		},
 		"health": func(v *yaml.Node) { b.Health = p.health(v, at("health"), pos, rel+"health.") },
 	}, func(k string, line int) { pos[rel+k] = line })
 	return b
