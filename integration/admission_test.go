@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/l4nft/l4nft/integration/testbed"
 	"github.com/l4nft/l4nft/lb"
@@ -521,4 +524,261 @@ func TestLimitActions(t *testing.T) {
 	if rej := farmStatus(t, b, "udp").Rejected; rej != (lb.Rejections{Rate: 1}) {
 		t.Errorf("udp farm: rejected %+v, want rate 1", rej)
 	}
+}
+
+// TCP flags.
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+)
+
+// tcpSegment builds a bare TCP header from src to dst with the given
+// flags and a valid checksum (conntrack checks it before the flags).
+func tcpSegment(src netip.Addr, dst netip.AddrPort, sport uint16, flags byte) []byte {
+	seg := make([]byte, 20)
+	binary.BigEndian.PutUint16(seg[0:], sport)
+	binary.BigEndian.PutUint16(seg[2:], dst.Port())
+	binary.BigEndian.PutUint32(seg[4:], 0x4c346e66) // sequence number
+	seg[12] = 5 << 4                                // data offset: 5 words
+	seg[13] = flags
+	binary.BigEndian.PutUint16(seg[14:], 65535) // window
+	// The pseudo-header of IPv4 and of IPv6 add up alike: the addresses,
+	// the protocol and the length.
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+	}
+	add(src.AsSlice())
+	add(dst.Addr().AsSlice())
+	sum += unix.IPPROTO_TCP + uint32(len(seg))
+	add(seg)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(seg[16:], ^uint16(sum))
+	return seg
+}
+
+// probeUnreachable sends, from the client's namespace and in order, one
+// TCP segment with flags to each of dsts over a raw socket, then collects
+// for up to wait the ICMP destination unreachable messages that come back
+// and returns the destination port each of them quotes. It stops early
+// once it has seen one per segment sent to stopPort.
+//
+// The test bed's balancer has no route to the VIPs: a packet that no farm
+// translates, and that the balancer does not drop, is answered with ICMP
+// (net or no route) unreachable. So a quoted port shows that a segment
+// went on through the balancer; a missing one, that it was dropped.
+func probeUnreachable(t *testing.T, c *testbed.Client, flags byte, dsts []netip.AddrPort, stopPort uint16, wait time.Duration) []uint16 {
+	t.Helper()
+	v6 := dsts[0].Addr().Is6()
+	src, fam, icmpProto := c.Addr4, unix.AF_INET, unix.IPPROTO_ICMP
+	if v6 {
+		src, fam, icmpProto = c.Addr6, unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
+	var quoted []uint16
+	err := c.Do(func() error {
+		icmp, err := unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, icmpProto)
+		if err != nil {
+			return fmt.Errorf("opening a raw ICMP socket: %w", err)
+		}
+		defer unix.Close(icmp)
+		raw, err := unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			return fmt.Errorf("opening a raw TCP socket: %w", err)
+		}
+		defer unix.Close(raw)
+		want := 0
+		for i, dst := range dsts {
+			var sa unix.Sockaddr
+			if v6 {
+				sa = &unix.SockaddrInet6{Addr: dst.Addr().As16()}
+			} else {
+				sa = &unix.SockaddrInet4{Addr: dst.Addr().As4()}
+			}
+			if dst.Port() == stopPort {
+				want++
+			}
+			if err := unix.Sendto(raw, tcpSegment(src, dst, uint16(40000+i), flags), 0, sa); err != nil {
+				return fmt.Errorf("sending to %s: %w", dst, err)
+			}
+		}
+		deadline := time.Now().Add(wait)
+		buf := make([]byte, 1500)
+		for seen := 0; seen < want; {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return nil
+			}
+			tv := unix.NsecToTimeval(left.Nanoseconds())
+			if err := unix.SetsockoptTimeval(icmp, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+				return err
+			}
+			n, _, err := unix.Recvfrom(icmp, buf, 0)
+			if err == unix.EAGAIN || err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("reading ICMP: %w", err)
+			}
+			if port, ok := quotedPort(buf[:n], v6, dsts[0].Addr()); ok {
+				quoted = append(quoted, port)
+				if port == stopPort {
+					seen++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", c.Name(), err)
+	}
+	return quoted
+}
+
+// quotedPort parses a destination unreachable message (with its IPv4
+// header; an ICMPv6 one without) and returns the destination port of the
+// TCP segment to vip it quotes.
+func quotedPort(b []byte, v6 bool, vip netip.Addr) (uint16, bool) {
+	if v6 {
+		// type 1, code, checksum, unused; then the IPv6 header and TCP.
+		if len(b) < 8+40+4 || b[0] != 1 || b[8+6] != unix.IPPROTO_TCP {
+			return 0, false
+		}
+		if dst, _ := netip.AddrFromSlice(b[8+24 : 8+40]); dst != vip {
+			return 0, false
+		}
+		return binary.BigEndian.Uint16(b[8+40+2:]), true
+	}
+	if len(b) < 20 {
+		return 0, false
+	}
+	icmp := b[int(b[0]&0xf)*4:]
+	// type 3, code, checksum, unused; then the IPv4 header and TCP.
+	if len(icmp) < 8+20 || icmp[0] != 3 || icmp[8+9] != unix.IPPROTO_TCP {
+		return 0, false
+	}
+	inner := icmp[8:]
+	if dst, _ := netip.AddrFromSlice(inner[16:20]); dst != vip {
+		return 0, false
+	}
+	tcp := inner[int(inner[0]&0xf)*4:]
+	if len(tcp) < 4 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint16(tcp[2:]), true
+}
+
+func countPort(ports []uint16, p uint16) int {
+	n := 0
+	for _, q := range ports {
+		if q == p {
+			n++
+		}
+	}
+	return n
+}
+
+// tcp_strict: a segment with SYN and FIN set - a flag combination
+// conntrack marks invalid whatever nf_conntrack_tcp_loose says - sent to a
+// strict farm's service is dropped and counted in Status; the same
+// segment to a farm without tcp_strict goes on (the balancer answers it
+// with ICMP unreachable) and is not counted. Valid traffic, established
+// and new, is neither dropped nor counted. Turning tcp_strict on and off
+// with SetFarm takes effect at once. IPv4 and IPv6.
+func TestTCPStrictDropsInvalidPackets(t *testing.T) {
+	const strictPort, plainPort = 80, 81
+	bed := mustBed(t, testbed.Options{Ports: []uint16{strictPort, plainPort}})
+	b := mustOpen(t, bed, lb.Options{})
+	c := bed.Clients[0]
+	var farms []lb.Farm
+	for _, v6 := range []bool{false, true} {
+		vip, mode, suffix := vip4, lb.NAT, ""
+		if v6 {
+			vip, mode, suffix = vip6, lb.DNAT, "6"
+		}
+		strict := farm("strict"+suffix, vip, strictPort, mode, backendsOf(bed, v6, 0, 1, 1))
+		strict.TCPStrict = true
+		farms = append(farms, strict, farm("plain"+suffix, vip, plainPort, mode, backendsOf(bed, v6, 0, 1, 1)))
+	}
+	mustApply(t, b, lb.State{Farms: farms})
+	// Each unreachable costs the balancer's per-client ICMP budget twice
+	// (the routing error's and ICMP's own rate limit); lift ICMP's, so
+	// that the few this test needs all come back.
+	for _, key := range []string{"net.ipv4.icmp_ratelimit", "net.ipv6.icmp.ratelimit"} {
+		if err := bed.Balancer.SetSysctl(key, "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	invalid := func(name string) uint64 { return farmStatus(t, b, name).Rejected.Invalid }
+	waitInvalid := func(step, name string, want uint64) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(testContext(t), 5*time.Second)
+		defer cancel()
+		if err := testbed.Eventually(ctx, 20*time.Millisecond, func(context.Context) error {
+			if got := invalid(name); got != want {
+				return fmt.Errorf("%d invalid", got)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("%s: farm %s: %v, want %d", step, name, err, want)
+		}
+	}
+
+	for _, v6 := range []bool{false, true} {
+		vip, network, suffix := vip4, "tcp4", ""
+		if v6 {
+			vip, network, suffix = vip6, "tcp6", "6"
+		}
+		strict, plain := "strict"+suffix, "plain"+suffix
+		held := mustAdmit(t, "before", c, network, ap(vip, strictPort))
+		if n := invalid(strict); n != 0 {
+			t.Errorf("%s: %d invalid packets counted before any was sent", strict, n)
+		}
+
+		// Strict first, then plain, twice: once the plain segments'
+		// unreachables are back, the strict ones have had their chance.
+		quoted := probeUnreachable(t, c, tcpSYN|tcpFIN,
+			[]netip.AddrPort{ap(vip, strictPort), ap(vip, plainPort), ap(vip, strictPort), ap(vip, plainPort)}, plainPort, 3*time.Second)
+		t.Logf("%s: unreachables quote ports %v", vip, quoted)
+		if n := countPort(quoted, strictPort); n != 0 {
+			t.Errorf("%s: %d invalid segments to the strict farm went on through the balancer, want them dropped", vip, n)
+		}
+		if n := countPort(quoted, plainPort); n != 2 {
+			t.Errorf("%s: %d of 2 invalid segments to the farm without tcp_strict came back unreachable, want them to go on", vip, n)
+		}
+		waitInvalid("2 invalid segments sent", strict, 2)
+		if n := invalid(plain); n != 0 {
+			t.Errorf("%s: %d invalid counted without tcp_strict", plain, n)
+		}
+
+		// Valid traffic is unaffected and not counted.
+		assertSameBackends(t, "after invalid segments", []*testbed.Conn{held})
+		res := c.Spread(testContext(t), network, ap(vip, strictPort), 50, 4)
+		if res.Errors > 0 {
+			t.Errorf("%s: new connections to the strict farm failed: %s (%v)", vip, res, res.Err)
+		}
+		held.Close()
+		if n := invalid(strict); n != 2 {
+			t.Errorf("%s: after 50 valid connections, %d invalid counted, want still 2", strict, n)
+		}
+	}
+
+	// tcp_strict on for plain, off for strict: at once, the segments to
+	// plain are dropped and counted, those to strict go on.
+	for i := range farms {
+		farms[i].TCPStrict = !farms[i].TCPStrict
+		if _, err := b.SetFarm(testContext(t), farms[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quoted := probeUnreachable(t, c, tcpSYN|tcpFIN, []netip.AddrPort{ap(vip4, plainPort), ap(vip4, strictPort)}, strictPort, 3*time.Second)
+	t.Logf("tcp_strict swapped: unreachables quote ports %v", quoted)
+	if countPort(quoted, plainPort) != 0 || countPort(quoted, strictPort) != 1 {
+		t.Errorf("tcp_strict swapped: unreachables quote %v, want port %d once (no longer strict) and not %d (now strict)", quoted, strictPort, plainPort)
+	}
+	waitInvalid("tcp_strict turned on", "plain", 1)
 }
