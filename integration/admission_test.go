@@ -173,11 +173,11 @@ func maxAdmitted(rate, burst int, elapsed time.Duration) int {
 }
 
 // established_per_client: one client holding 10 connections is refused
-// its 11th to 50th, each by a reset (fast ECONNREFUSED, no timeout),
-// while another client opens its own 10; the refusals are counted exactly,
-// once each (a refused SYN is not retransmitted); established connections
-// keep working; and once the client closes its connections it may open 10
-// again.
+// its 11th to 50th, each by a reset (ECONNREFUSED, not a timeout),
+// while another client opens its own 10; the count outlives a change of
+// the farm; the refusals are counted exactly, once each (a refused SYN is
+// not retransmitted); established connections keep working; and once the
+// client closes its connections it may open 10 again. IPv6 too.
 func TestLimitEstablishedPerClient(t *testing.T) {
 	const limit, attempts = 10, 50
 	bed := mustBed(t, testbed.Options{Clients: 2})
@@ -206,10 +206,9 @@ func TestLimitEstablishedPerClient(t *testing.T) {
 			t.Fatalf("attempt %d of %s holding %d connections: %s, want %d admitted then refused", i+1, a.Name(), len(held), o, limit)
 		}
 	}
+	// ECONNREFUSED within the attempt's 5s is the reset (a dropped SYN
+	// would have left the attempt to time out); how fast is for the log.
 	t.Logf("%s: %d admitted, %d refused (slowest refusal %v)", a.Name(), len(held), attempts-limit, slowest)
-	if slowest > time.Second {
-		t.Errorf("a refusal took %v: a reset comes back at once", slowest)
-	}
 
 	// The other client is not affected, and has a limit of its own.
 	var others []*testbed.Conn
@@ -225,8 +224,21 @@ func TestLimitEstablishedPerClient(t *testing.T) {
 	// The held connections still work: the limit refuses new ones only.
 	assertSameBackends(t, "over the limit", held)
 
+	// A change of the farm (a backend's weight, as a health check or an
+	// operator makes) does not forget the connections counted.
+	f.Backends[0].Weight = 2
+	if _, err := b.SetFarm(testContext(t), f); err != nil {
+		t.Fatal(err)
+	}
+	if o, conn, _ := dial(t, a, "tcp", dst, 5*time.Second); o != refused {
+		if conn != nil {
+			conn.Close()
+		}
+		t.Fatalf("%s, holding %d connections, after a change of weight: %s, want refused", a.Name(), limit, o)
+	}
+
 	rej := farmStatus(t, b, "conns").Rejected
-	if want := (lb.Rejections{ClientConnections: attempts - limit + 1}); rej != want {
+	if want := (lb.Rejections{ClientConnections: attempts - limit + 2}); rej != want {
 		t.Errorf("status: rejected %+v, want %+v (each refused SYN counted once)", rej, want)
 	}
 
@@ -494,8 +506,8 @@ func TestAdmissionCountsSurviveFarmChanges(t *testing.T) {
 
 // A limit's action: reject answers a TCP farm's SYN with a reset and a UDP
 // farm's datagram with ICMP port unreachable (both ECONNREFUSED to the
-// client, at once); drop answers nothing, and the client times out. Each
-// is counted.
+// client); drop answers nothing, and the client times out. Each is
+// counted.
 func TestLimitActions(t *testing.T) {
 	bed := mustBed(t, testbed.Options{})
 	b := mustOpen(t, bed, lb.Options{})
@@ -518,8 +530,8 @@ func TestLimitActions(t *testing.T) {
 	if conn != nil {
 		conn.Close()
 	}
-	if o != refused || took > time.Second {
-		t.Errorf("udp, over the rate, action reject: %s after %v, want refused at once (ICMP port unreachable)", o, took)
+	if o != refused {
+		t.Errorf("udp, over the rate, action reject: %s after %v, want refused (ICMP port unreachable)", o, took)
 	}
 	if rej := farmStatus(t, b, "udp").Rejected; rej != (lb.Rejections{Rate: 1}) {
 		t.Errorf("udp farm: rejected %+v, want rate 1", rej)
