@@ -108,8 +108,12 @@ func objectsOf(h Helper, proto uint8) []helperObject {
 }
 
 // Rejection counts, per reason, the new connections a farm refused or
-// dropped. The counts are kept by the farm's lasting id, so they survive
-// changes of the farm, and restart when it is removed.
+// dropped. The counts are kept by the farm's lasting id: they survive
+// every change of the farm while it has an option that needs one (limits,
+// lists, max_connections, persistence, the consistent scheduler), and
+// restart when the farm is removed or loses them all. Invalid is counted
+// per service, and restarts when tcp_strict is turned off or the farm's
+// ports change.
 type Rejections struct {
 	Denied            uint64 `json:"denied,omitempty"`
 	NotAllowed        uint64 `json:"not_allowed,omitempty"`
@@ -161,31 +165,14 @@ func (r *Rejections) add(reason rejectReason, n uint64) {
 	}
 }
 
-// reasons returns the rejection reasons a farm counts in the rejects set
-// (tcp_strict's drops are counted in its own sets).
+// reasons returns the rejection reasons a farm counts in the rejects set:
+// every one, for a farm with a lasting id, so that a count outlives the
+// option that made it (tcp_strict's drops are counted in its own sets).
 func reasons(f Farm) []rejectReason {
-	var out []rejectReason
-	if len(f.Deny) > 0 {
-		out = append(out, reasonDenied)
+	if !needsID(f) {
+		return nil
 	}
-	if len(f.Allow) > 0 {
-		out = append(out, reasonNotAllowed)
-	}
-	if l := f.Limits; l != nil {
-		if l.NewPerSecond > 0 {
-			out = append(out, reasonRate)
-		}
-		if l.NewPerClientPerSecond > 0 {
-			out = append(out, reasonClientRate)
-		}
-		if l.EstablishedPerClient > 0 {
-			out = append(out, reasonClientConnections)
-		}
-	}
-	if limitsBackends(f) {
-		out = append(out, reasonBackendFull)
-	}
-	return out
+	return []rejectReason{reasonDenied, reasonNotAllowed, reasonRate, reasonClientRate, reasonClientConnections, reasonBackendFull}
 }
 
 // helperProtos returns the transport protocols whose connections a

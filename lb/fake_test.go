@@ -184,8 +184,14 @@ func (k *fakeKernel) Elements(_ string, s nft.Set) ([]nft.Element, error) {
 	return out, nil
 }
 
+// Counters returns keys and counters only, as the kernel's counter dump
+// parser does: no comments, no values.
 func (k *fakeKernel) Counters(table string, s nft.Set) ([]nft.Element, error) {
-	return k.Elements(table, s)
+	es, err := k.Elements(table, s)
+	for i, e := range es {
+		es[i] = nft.Element{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd, Packets: e.Packets, Bytes: e.Bytes}
+	}
+	return es, err
 }
 
 func (k *fakeKernel) Chains(string) ([]string, error) {

@@ -57,7 +57,7 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 	// The farms with a lasting id, by it; the persistence maps in use.
 	lasting := map[uint32]int{}
 	persisting := map[uint32]int{}
-	strictFarms := map[string]int{}
+	strictFarms := map[string]int{} // by service key
 	var persistMaps []nft.Set
 	for _, name := range b.order {
 		f := b.farms[name].spec
@@ -65,7 +65,13 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 			lasting[id] = len(st.Farms)
 		}
 		if f.TCPStrict {
-			strictFarms[name] = len(st.Farms)
+			// A counter dump carries keys, not comments: the farm is
+			// found by the services its elements are keyed by.
+			for _, proto := range f.Protocol.numbers() {
+				for _, p := range f.Ports {
+					strictFarms[string(nft.ServiceKey(f.Address, proto, p.First))] = len(st.Farms)
+				}
+			}
 		}
 		if p := f.Persistence; p != nil {
 			persisting[b.marks.owner[idKey(name)]] = len(st.Farms)
@@ -127,7 +133,7 @@ func (b *Balancer) Status(ctx context.Context) (Status, error) {
 				return Status{}, fmt.Errorf("reading tcp_strict drops: %w", err)
 			}
 			for _, e := range elems {
-				if fi, ok := strictFarms[parseComment(e.Comment)["farm"]]; ok {
+				if fi, ok := strictFarms[string(e.Key)]; ok {
 					st.Farms[fi].Rejected.Invalid += e.Packets
 				}
 			}

@@ -235,7 +235,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		if f.Persistence != nil {
 			ch <- prometheus.MustNewConstMetric(m.farmPersistence, prometheus.GaugeValue, float64(f.PersistenceEntries), f.Name)
 		}
-		for _, r := range rejections(f.FarmStatus) {
+		for _, r := range rejections(f) {
 			ch <- prometheus.MustNewConstMetric(m.farmRejected, prometheus.CounterValue, float64(r.count), f.Name, r.reason)
 		}
 	}
@@ -254,7 +254,7 @@ type rejection struct {
 // refused" from "not counted". A reason the farm's options do not count
 // has no series (the library keeps no counter for it), so a farm without
 // lists, limits or tcp_strict adds none.
-func rejections(f lb.FarmStatus) []rejection {
+func rejections(f *daemon.FarmStatus) []rejection {
 	var out []rejection
 	r, l := f.Rejected, f.Limits
 	if l == nil {
@@ -265,6 +265,7 @@ func rejections(f lb.FarmStatus) []rejection {
 		reason string
 		count  uint64
 	}{ // by reason name
+		{slices.ContainsFunc(f.Backends, func(b daemon.BackendStatus) bool { return b.MaxConnections > 0 }), "backend_full", r.BackendFull},
 		{l.EstablishedPerClient > 0, "client_connections", r.ClientConnections},
 		{l.NewPerClientPerSecond > 0, "client_rate", r.ClientRate},
 		{len(f.Deny) > 0, "denied", r.Denied},
@@ -272,7 +273,8 @@ func rejections(f lb.FarmStatus) []rejection {
 		{len(f.Allow) > 0, "not_allowed", r.NotAllowed},
 		{l.NewPerSecond > 0, "rate", r.Rate},
 	} {
-		if c.on {
+		// A count outlives its option (see lb.Rejections).
+		if c.on || c.count > 0 {
 			out = append(out, rejection{c.reason, c.count})
 		}
 	}

@@ -171,8 +171,9 @@ l4nft_farm_rejected_total{farm="web",reason="rate"} 3
 	if err := json.Unmarshal(b, &counts); err != nil {
 		t.Fatal(err)
 	}
-	every := rejections(lb.FarmStatus{Farm: lb.Farm{Allow: lists, Deny: lists, TCPStrict: true,
-		Limits: &lb.Limits{NewPerSecond: 10, NewPerClientPerSecond: 1, EstablishedPerClient: 5}}, Rejected: all})
+	every := rejections(&daemon.FarmStatus{FarmStatus: lb.FarmStatus{Farm: lb.Farm{Allow: lists, Deny: lists, TCPStrict: true,
+		Limits: &lb.Limits{NewPerSecond: 10, NewPerClientPerSecond: 1, EstablishedPerClient: 5}}, Rejected: all},
+		Backends: []daemon.BackendStatus{{BackendStatus: lb.BackendStatus{Backend: lb.Backend{MaxConnections: 5}}}}})
 	for _, r := range every {
 		if counts[r.reason] != r.count {
 			t.Errorf("reason %s counts %d, the library's JSON %d", r.reason, r.count, counts[r.reason])
