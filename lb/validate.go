@@ -295,12 +295,18 @@ func Validate(s State, opts Options) error {
 		}
 	}
 	v.conflicts(s, claims)
-	// One mark more than the farms and backends: a farm's schedule
-	// changes under a spare mark.
-	if max := opts.MaxMarks(); total+len(s.Farms)+1 > max {
+	// One mark more than the farms, backends and lasting farm ids: a
+	// farm's schedule changes under a spare mark.
+	ids := 0
+	for _, f := range s.Farms {
+		if needsID(f) {
+			ids++
+		}
+	}
+	if max := opts.MaxMarks(); total+len(s.Farms)+ids+1 > max {
 		v.add(Problem{FarmIndex: -1, BackendIndex: -1, Field: "farms",
-			Message: fmt.Sprintf("%d farms and %d backends need a mark each and one spare, but mark mask %s has only %d; widen Options.MarkMask",
-				len(s.Farms), total, markText(opts.MarkMask), max)})
+			Message: fmt.Sprintf("%d farms (%d with options that need an id) and %d backends need a mark each and one spare, but mark mask %s has only %d; widen Options.MarkMask",
+				len(s.Farms), ids, total, markText(opts.MarkMask), max)})
 	}
 	return v.err()
 }

@@ -72,7 +72,7 @@ func TestValidateNamesFieldOfEveryProblem(t *testing.T) {
 			s.Farms[1].Address = s.Farms[0].Address
 			s.Farms[0].Ports = []PortRange{{400, 500}}
 		}, Options{}, `farms[api].ports: 198.51.100.250 tcp port 443 is already served by farm "web" (farms[0]) port 400-500`},
-		{"too many marks", func(s *State) {}, Options{MarkMask: 0x3}, "farms: 2 farms and 4 backends need a mark each and one spare, but mark mask 0x00000003 has only 3"},
+		{"too many marks", func(s *State) {}, Options{MarkMask: 0x3}, "farms: 2 farms (0 with options that need an id) and 4 backends need a mark each and one spare, but mark mask 0x00000003 has only 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
