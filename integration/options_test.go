@@ -17,7 +17,7 @@ func TestEveryOptionListsAndIsAdopted(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Clients: 2})
 	b := mustOpen(t, bed, lb.Options{})
 	f := farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
-	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 10}
+	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 1000}
 	f.Deny = []netip.Prefix{netip.PrefixFrom(bed.Clients[1].Addr4, 32)}
 	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	f.TCPStrict = true
@@ -61,7 +61,7 @@ func TestEveryOptionListsAndIsAdopted(t *testing.T) {
 func TestRenderedOptionsLoadWithNft(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Backends: 2, Ports: []uint16{80, 21}})
 	f := farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
-	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 10}
+	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 1000}
 	f.Deny = []netip.Prefix{netip.MustParsePrefix("192.0.2.99/32")}
 	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	f.TCPStrict = true

@@ -17,7 +17,8 @@ type Limits struct {
 	// per second, with the same Burst.
 	NewPerClientPerSecond int `json:"new_per_client_per_second,omitempty"`
 	// EstablishedPerClient bounds each client address's connections open
-	// at once.
+	// at once, as conntrack counts them: a closing TCP connection counts
+	// until it reaches TIME_WAIT.
 	EstablishedPerClient int `json:"established_per_client,omitempty"`
 	// Action is what a connection over a limit gets.
 	Action LimitAction `json:"action,omitempty"`
