@@ -138,7 +138,7 @@ func (b *Balancer) State() State {
 func (b *Balancer) state() State {
 	s := State{Farms: make([]Farm, 0, len(b.order))}
 	for _, name := range b.order {
-		s.Farms = append(s.Farms, cloneFarm(b.farms[name].spec))
+		s.Farms = append(s.Farms, b.farms[name].spec.Clone())
 	}
 	return s
 }

@@ -105,7 +105,7 @@ func backendComment(f Farm, b Backend) string {
 // nft syntax (text), which costs more than the rest.
 func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm {
 	shift := bits.TrailingZeros32(mask)
-	c := &compiledFarm{spec: cloneFarm(f), elements: elements{}}
+	c := &compiledFarm{spec: f.Clone(), elements: elements{}}
 	addr := f.Address.Unmap()
 	fam := nft.FamilyOf(addr)
 	id := marks.get(objectKey{f.Name, ""})

@@ -117,7 +117,8 @@ func sameFarm(a, b Farm) bool {
 		slices.Equal(a.Helpers, b.Helpers)
 }
 
-func cloneFarm(f Farm) Farm {
+// Clone returns a deep copy of f: it shares no slice or pointer with f.
+func (f Farm) Clone() Farm {
 	f.Ports = slices.Clone(f.Ports)
 	f.Backends = slices.Clone(f.Backends)
 	f.HashFields = slices.Clone(f.HashFields)
@@ -136,7 +137,7 @@ func cloneFarm(f Farm) Farm {
 func cloneState(s State) State {
 	out := State{Farms: slices.Clone(s.Farms)}
 	for i := range out.Farms {
-		out.Farms[i] = cloneFarm(out.Farms[i])
+		out.Farms[i] = out.Farms[i].Clone()
 	}
 	return out
 }

@@ -65,16 +65,6 @@ func SetCtHelper(name string) expr.Any {
 	return &expr.Objref{Type: unix.NFT_OBJECT_CT_HELPER, Name: name}
 }
 
-// MatchCtStateInvalid matches packets conntrack could not place.
-func MatchCtStateInvalid() []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-			Mask: Mark(expr.CtStateBitINVALID), Xor: Mark(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(0)},
-	}
-}
-
 // MatchService matches a packet to a service of set, a counted set keyed
 // like the services maps, and counts it in the element:
 // ip daddr . meta l4proto . th dport @set.

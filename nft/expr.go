@@ -74,11 +74,16 @@ func MatchFamily(f Family) []expr.Any {
 }
 
 // MatchCtStateNew matches the first packets of a connection (ct state new).
-func MatchCtStateNew() []expr.Any {
+func MatchCtStateNew() []expr.Any { return matchCtState(expr.CtStateBitNEW) }
+
+// MatchCtStateInvalid matches packets conntrack could not place (ct state
+// invalid).
+func MatchCtStateInvalid() []expr.Any { return matchCtState(expr.CtStateBitINVALID) }
+
+func matchCtState(bit uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-			Mask: Mark(expr.CtStateBitNEW), Xor: Mark(0)},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: Mark(bit), Xor: Mark(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: Mark(0)},
 	}
 }

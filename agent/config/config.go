@@ -197,30 +197,12 @@ func (c *Config) State() lb.State {
 
 // LB returns the farm as an lb.Farm: its own fields, and its backends'.
 func (f Farm) LB() lb.Farm {
-	out := f.Farm
-	out.Ports = slices.Clone(f.Ports)
-	cloneOptions(&out)
+	out := f.Farm.Clone()
 	out.Backends = make([]lb.Backend, len(f.Backends))
 	for i := range f.Backends {
 		out.Backends[i] = f.Backends[i].Backend
 	}
 	return out
-}
-
-// cloneOptions gives f its own copy of what its options point to.
-func cloneOptions(f *lb.Farm) {
-	f.HashFields = slices.Clone(f.HashFields)
-	if f.Persistence != nil {
-		p := *f.Persistence
-		f.Persistence = &p
-	}
-	if f.Limits != nil {
-		l := *f.Limits
-		f.Limits = &l
-	}
-	f.Allow = slices.Clone(f.Allow)
-	f.Deny = slices.Clone(f.Deny)
-	f.Helpers = slices.Clone(f.Helpers)
 }
 
 // Farm returns the farm named name.
@@ -245,8 +227,7 @@ func (c *Config) Clone() *Config {
 
 // Clone returns a deep copy of f.
 func (f Farm) Clone() Farm {
-	f.Ports = append([]lb.PortRange(nil), f.Ports...)
-	cloneOptions(&f.Farm)
+	f.Farm = f.Farm.Clone()
 	f.Backends = append([]Backend(nil), f.Backends...)
 	if f.Health != nil {
 		h := *f.Health

@@ -3,7 +3,6 @@ package config
 import (
 	"encoding/json"
 	"fmt"
-	"go.yaml.in/yaml/v3"
 	"net/netip"
 	"path/filepath"
 	"regexp"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"github.com/l4nft/l4nft/lb"
 )
 
@@ -99,16 +99,7 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 	dst = textField(dst, indent, "protocol", f.Protocol)
 	dst = textField(dst, indent, "mode", f.Mode)
 	dst = textField(dst, indent, "scheduler", f.Scheduler)
-	if len(f.HashFields) > 0 {
-		dst = append(field(dst, indent, "hash_fields"), '[')
-		for i, h := range f.HashFields {
-			if i > 0 {
-				dst = append(dst, ", "...)
-			}
-			dst = scalar(dst, h.String())
-		}
-		dst = append(dst, "]\n"...)
-	}
+	dst = appendNames(dst, indent, "hash_fields", f.HashFields)
 	if f.Slots != 0 {
 		dst = intField(dst, indent, "slots", f.Slots)
 	}
@@ -136,16 +127,7 @@ func appendFarm(dst []byte, f *Farm, first, indent string) []byte {
 	}
 	dst = appendPrefixes(dst, indent, "allow", f.Allow)
 	dst = appendPrefixes(dst, indent, "deny", f.Deny)
-	if len(f.Helpers) > 0 {
-		dst = append(field(dst, indent, "helpers"), '[')
-		for i, h := range f.Helpers {
-			if i > 0 {
-				dst = append(dst, ", "...)
-			}
-			dst = scalar(dst, h.String())
-		}
-		dst = append(dst, "]\n"...)
-	}
+	dst = appendNames(dst, indent, "helpers", f.Helpers)
 	if f.Source.IsValid() {
 		dst = textField(dst, indent, "source", f.Source)
 	}
@@ -397,4 +379,19 @@ func (c *Config) MarshalMain(name string) []byte {
 		return []byte("{}\n")
 	}
 	return out
+}
+
+// appendNames writes a flow list of names, [a, b], if there are any.
+func appendNames[T fmt.Stringer](dst []byte, indent, key string, vs []T) []byte {
+	if len(vs) == 0 {
+		return dst
+	}
+	dst = append(field(dst, indent, key), '[')
+	for i, v := range vs {
+		if i > 0 {
+			dst = append(dst, ", "...)
+		}
+		dst = scalar(dst, v.String())
+	}
+	return append(dst, "]\n"...)
 }
