@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
 	"github.com/l4nft/l4nft/lb"
+	"go.yaml.in/yaml/v3"
 )
 
 // The configuration is written by hand-rolled code rather than by a YAML
