@@ -227,7 +227,7 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 		space = uint32(m)
 		for slot, bi := range table {
 			bm := marks.get(objectKey{f.Name, up[bi].Name})
-			c.add(setConsistent, element{
+			c.add(consistentOf(lasting, shift), element{
 				Element: nft.Element{Key: nft.PairKey(lasting, uint32(slot)), Value: nft.Mark(bm)},
 				text:    textf("%s . %d : %s", markText(lasting), slot, markText(bm)),
 			})
@@ -269,7 +269,7 @@ func compileFarm(f Farm, marks markGetter, mask uint32, text bool) *compiledFarm
 				fm.backends[b.Name] = marks.get(objectKey{f.Name, b.Name})
 			}
 		}
-		c.chain = farmChain(f, fm, schedule, space, text)
+		c.chain = farmChain(f, fm, schedule, consistentOf(lasting, shift), space, text)
 		c.add(setFarmChains, element{
 			Element: nft.Element{Key: nft.Mark(id), Jump: c.chain.Name},
 			text:    textf("%s : jump %s", markText(id), c.chain.Name),

@@ -78,10 +78,11 @@ func persistSetName(fam nft.Family, by PersistBy) string {
 	return fmt.Sprintf("persist_%s4", by)
 }
 
-// farmChain compiles a farm's chain: persistence, the choice of backend
-// from schedule (drawing from space slots), and the refusal when no
-// backend takes connections.
-func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *chain {
+// farmChain compiles a farm's chain: admission, persistence, the choice
+// of backend from schedule (or, for the consistent scheduler, from its
+// Maglev table in table), drawing from space slots, backends' connection
+// limits, and the refusal when no backend takes connections.
+func farmChain(f Farm, m farmMarks, schedule, table nft.Set, space uint32, text bool) *chain {
 	fam := nft.FamilyOf(f.Address)
 	c := &chain{Chain: nft.Chain{Name: farmChainPrefix + markText(m.farm)}}
 	textf := func(format string, args ...any) string {
@@ -132,8 +133,8 @@ func farmChain(f Farm, m farmMarks, schedule nft.Set, space uint32, text bool) *
 	choose := nft.ChooseBySlot(schedule.Name, slot)
 	chooseText := fmt.Sprintf("ct mark set ct mark . %s map @%s", slotText, schedule.Name)
 	if f.Scheduler == Consistent {
-		choose = nft.ChooseFromTable(setConsistent.Name, m.lasting, slot)
-		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, setConsistent.Name)
+		choose = nft.ChooseFromTable(table.Name, m.lasting, slot)
+		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, table.Name)
 	}
 	if f.Persistence != nil {
 		// Only while persistence gave no backend.

@@ -90,7 +90,7 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 			p(2, "typeof ct mark")
 		case isList(s.Name) || strings.HasPrefix(s.Name, "client_"):
 			p(2, "typeof ct mark . %s saddr", map[bool]string{true: "ip6", false: "ip"}[strings.HasSuffix(s.Name, "6")])
-		case s.Name == setConsistent.Name:
+		case isConsistent(s.Name):
 			p(2, "typeof ct mark . numgen random mod 1 : ct mark")
 		case s.Dynamic:
 			p(2, "typeof %s", persistTypeof(s.Name))
