@@ -110,9 +110,9 @@ func objectsOf(h Helper, proto uint8) []helperObject {
 
 // Rejection counts, per reason, the new connections a farm refused or
 // dropped. The counts are kept by the farm's lasting id: they survive
-// every change of the farm while it has an option that needs one (limits,
-// lists, max_connections, persistence, the consistent scheduler), and
-// restart when the farm is removed or loses them all. Invalid is counted
+// every change of the farm while it has an option that refuses
+// connections (limits, lists, max_connections), and restart when the farm
+// is removed or loses them all. Invalid is counted
 // per service, and restarts when tcp_strict is turned off or the farm's
 // ports change.
 type Rejections struct {
@@ -167,13 +167,20 @@ func (r *Rejections) add(reason rejectReason, n uint64) {
 }
 
 // reasons returns the rejection reasons a farm counts in the rejects set:
-// every one, for a farm with a lasting id, so that a count outlives the
-// option that made it (tcp_strict's drops are counted in its own sets).
+// every one, for a farm with any option that refuses connections, so that
+// a count outlives the option that made it (tcp_strict's drops are
+// counted in its own sets).
 func reasons(f Farm) []rejectReason {
-	if !needsID(f) {
+	if !refuses(f) {
 		return nil
 	}
 	return []rejectReason{reasonDenied, reasonNotAllowed, reasonRate, reasonClientRate, reasonClientConnections, reasonBackendFull}
+}
+
+// refuses reports whether a farm has an option that refuses connections
+// and counts them in the rejects set.
+func refuses(f Farm) bool {
+	return f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || limitsBackends(f)
 }
 
 // helperProtos returns the transport protocols whose connections a

@@ -51,7 +51,7 @@ func idKey(farm string) objectKey { return objectKey{farm, "#id"} }
 
 // needsID reports whether a farm needs a lasting id.
 func needsID(f Farm) bool {
-	return f.Persistence != nil || f.Scheduler == Consistent || f.Limits != nil || len(f.Allow) > 0 || len(f.Deny) > 0 || limitsBackends(f)
+	return f.Persistence != nil || f.Scheduler == Consistent || refuses(f)
 }
 
 // farmMarks are the marks a farm chain names.
