@@ -224,7 +224,9 @@ func isSchedule(name string) bool {
 func shardOf(mark uint32, shift int) nft.Set { return scheduleSets[(mark>>shift)%maxShards] }
 
 // consistentOf returns the Maglev table map of a lasting farm id.
-func consistentOf(lasting uint32, shift int) nft.Set { return consistentSets[(lasting>>shift)%maxShards] }
+func consistentOf(lasting uint32, shift int) nft.Set {
+	return consistentSets[(lasting>>shift)%maxShards]
+}
 
 // isConsistent reports whether a set is one of the Maglev table maps.
 func isConsistent(name string) bool { return strings.HasPrefix(name, "consistent") }
