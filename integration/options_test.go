@@ -16,21 +16,7 @@ import (
 func TestEveryOptionListsAndIsAdopted(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Clients: 2})
 	b := mustOpen(t, bed, lb.Options{})
-	f := farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
-	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 1000}
-	f.Deny = []netip.Prefix{netip.PrefixFrom(bed.Clients[1].Addr4, 32)}
-	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-	f.TCPStrict = true
-	f.Persistence = &lb.Persistence{TTL: lb.Duration(time.Minute)}
-	f.Scheduler = lb.Consistent
-	g := farm("ftp", vip4, 21, lb.NAT, backendsOf(bed, false, 21, 1))
-	g.Helpers = []lb.Helper{lb.FTP}
-	g.Scheduler = lb.RoundRobin
-	h := farm("h6", vip6, 80, lb.DNAT, backendsOf(bed, true, 80, 1, 2))
-	h.Scheduler = lb.Hash
-	h.HashFields = []lb.HashField{lb.SrcIP, lb.DstPort}
-	h.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)}
-	h.Deny = []netip.Prefix{netip.MustParsePrefix("2001:db8:dead::/48")}
+	f, g, h := everyOption(bed, netip.PrefixFrom(bed.Clients[1].Addr4, 32), lb.PersistSrcIPPort)
 	mustApply(t, b, lb.State{Farms: []lb.Farm{f, g, h}})
 	if _, err := bed.Clients[0].Ask(testContext(t), "tcp", ap(vip4, 80)); err != nil {
 		t.Error(err)
@@ -60,21 +46,7 @@ func TestEveryOptionListsAndIsAdopted(t *testing.T) {
 // so that one is left out here.)
 func TestRenderedOptionsLoadWithNft(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Backends: 2, Ports: []uint16{80, 21}})
-	f := farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
-	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 1000}
-	f.Deny = []netip.Prefix{netip.MustParsePrefix("192.0.2.99/32")}
-	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-	f.TCPStrict = true
-	f.Persistence = &lb.Persistence{TTL: lb.Duration(time.Minute)}
-	f.Scheduler = lb.Consistent
-	g := farm("ftp", vip4, 21, lb.NAT, backendsOf(bed, false, 21, 1, 1))
-	g.Helpers = []lb.Helper{lb.FTP}
-	g.Scheduler = lb.RoundRobin
-	h := farm("h6", vip6, 80, lb.DNAT, backendsOf(bed, true, 80, 1, 2))
-	h.Scheduler = lb.Hash
-	h.HashFields = []lb.HashField{lb.SrcIP, lb.DstPort}
-	h.Persistence = &lb.Persistence{By: lb.PersistSrcIP, TTL: lb.Duration(time.Minute)}
-	h.Deny = []netip.Prefix{netip.MustParsePrefix("2001:db8:dead::/48")}
+	f, g, h := everyOption(bed, netip.MustParsePrefix("192.0.2.99/32"), lb.PersistSrcIP)
 	text, err := lb.Render(lb.State{Farms: []lb.Farm{f, g, h}}, lb.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -90,4 +62,27 @@ func TestRenderedOptionsLoadWithNft(t *testing.T) {
 	if _, err := c.Ask(testContext(t), "tcp", ap(vip6, 80)); err != nil {
 		t.Errorf("the IPv6 hash farm, from nft -f: %v", err)
 	}
+}
+
+// everyOption returns three farms that use every farm option among them:
+// an IPv4 consistent farm with limits, lists (denying deny), tcp_strict
+// and persistence; a round robin farm on port 21 with the ftp helper; an
+// IPv6 hash farm with a deny list and persistence by persistBy.
+func everyOption(bed *testbed.Topology, deny netip.Prefix, persistBy lb.PersistBy) (f, g, h lb.Farm) {
+	f = farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
+	f.Limits = &lb.Limits{NewPerSecond: 1000, NewPerClientPerSecond: 1000, EstablishedPerClient: 1000}
+	f.Deny = []netip.Prefix{deny}
+	f.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	f.TCPStrict = true
+	f.Persistence = &lb.Persistence{TTL: lb.Duration(time.Minute)}
+	f.Scheduler = lb.Consistent
+	g = farm("ftp", vip4, 21, lb.NAT, backendsOf(bed, false, 21, 1, 1))
+	g.Helpers = []lb.Helper{lb.FTP}
+	g.Scheduler = lb.RoundRobin
+	h = farm("h6", vip6, 80, lb.DNAT, backendsOf(bed, true, 80, 1, 2))
+	h.Scheduler = lb.Hash
+	h.HashFields = []lb.HashField{lb.SrcIP, lb.DstPort}
+	h.Persistence = &lb.Persistence{By: persistBy, TTL: lb.Duration(time.Minute)}
+	h.Deny = []netip.Prefix{netip.MustParsePrefix("2001:db8:dead::/48")}
+	return f, g, h
 }
