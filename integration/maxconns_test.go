@@ -17,13 +17,17 @@ import (
 func TestMaxConnectionsHoldsABackendAtItsLimit(t *testing.T) {
 	bed := mustBed(t, testbed.Options{Backends: 2})
 	b := mustOpen(t, bed, lb.Options{})
-	f := farm("capped", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
+	// Weighted 3:1 towards the capped backend, so that 20 flows surely
+	// fill it (fewer than 5 of 20 choices falling on it: one in a million).
+	f := farm("capped", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 3, 1))
 	f.Backends[0].MaxConnections = 5
 	mustApply(t, b, lb.State{Farms: []lb.Farm{f}})
 	capped, other := bed.Backends[0].Name(), bed.Backends[1].Name()
 
-	// 20 flows, 4 at a time; a first packet dropped for the full backend
-	// is sent again by the client's TCP a second later, and chooses again.
+	// 20 flows, 4 at a time. Once the capped backend is found full it is
+	// flagged for a second, and choices that fall on it are made again at
+	// once; the connection that found it full loses its first packet,
+	// which the client's TCP sends again a second later.
 	ctx, cancel := context.WithTimeout(testContext(t), 30*time.Second)
 	defer cancel()
 	var mu sync.Mutex

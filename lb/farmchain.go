@@ -130,27 +130,53 @@ func farmChain(f Farm, m farmMarks, schedule, table nft.Set, space uint32, text 
 	default:
 		slot, slotText = nft.RandomSlot(space), fmt.Sprintf("numgen random mod %d", space)
 	}
-	choose := nft.ChooseBySlot(schedule.Name, slot)
-	chooseText := fmt.Sprintf("ct mark set ct mark . %s map @%s", slotText, schedule.Name)
-	if f.Scheduler == Consistent {
-		choose = nft.ChooseFromTable(table.Name, m.lasting, slot)
-		chooseText = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, table.Name)
+	// choose returns the choice's rule, fresh each call, and its text;
+	// guarded, it runs only while the mark is still the farm's.
+	choose := func(guarded bool) ([]expr.Any, string) {
+		exprs := nft.ChooseBySlot(schedule.Name, slot)
+		t := fmt.Sprintf("ct mark set ct mark . %s map @%s", slotText, schedule.Name)
+		if f.Scheduler == Consistent {
+			exprs = nft.ChooseFromTable(table.Name, m.lasting, slot)
+			t = fmt.Sprintf("ct mark set %s . %s map @%s", constText(m.lasting), slotText, table.Name)
+		}
+		if guarded || f.Persistence != nil {
+			exprs = slices.Concat(nft.MatchCtMark(m.farm), exprs)
+			t = fmt.Sprintf("ct mark %s %s", markText(m.farm), t)
+		}
+		if f.Persistence != nil {
+			exprs = slices.Concat(exprs, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
+			t += fmt.Sprintf(" add @%s { %s . %s timeout %s : ct mark }", persist.Name, constText(m.lasting), fieldsText(fam, key.Fields), ttl)
+		}
+		return exprs, t
 	}
-	if f.Persistence != nil {
-		// Only while persistence gave no backend.
-		choose = slices.Concat(nft.MatchCtMark(m.farm), choose, nft.RememberChoice(key, persist.Name, f.Persistence.TTL.duration()))
-		chooseText = textf("ct mark %s %s add @%s { %s . %s timeout %s : ct mark }", markText(m.farm), chooseText, persist.Name, constText(m.lasting), fieldsText(fam, key.Fields), ttl)
-	}
+	exprs, chooseText := choose(false)
 	c.rules = append(c.rules, rule{
-		Rule: nft.Rule{Exprs: choose, Comment: f.Scheduler.String() + " choice of backend"},
+		Rule: nft.Rule{Exprs: exprs, Comment: f.Scheduler.String() + " choice of backend"},
 		text: textf("%s", chooseText),
 		seed: seedOf(f.Scheduler),
 	})
-	// A backend at its max_connections takes no more: the connection's
-	// first packet is dropped, and the client's retransmission, a new
-	// connection to conntrack, chooses again. (A choice made again at once
-	// would leave this connection counted against the full backend, for
-	// the kernel counts a connection when it checks the count.)
+	// A backend at its max_connections takes no more. The kernel counts a
+	// connection when it checks the count, so a connection turned away
+	// after the check would stay counted against the full backend: the
+	// check drops the connection's first packet (its conntrack entry, and
+	// so the count, go with it; the client's retransmission chooses
+	// again) and flags the backend full for fullFor. While it is flagged, a
+	// choice that falls on it is made again, up to fullRetries times, without
+	// a check.
+	if limitsBackends(f) {
+		for range fullRetries {
+			exprs, again := choose(true)
+			c.rules = append(c.rules,
+				rule{
+					Rule: nft.Rule{Exprs: slices.Concat(nft.MatchCtMarkIn(m.mask, setBackendFull.Name), nft.SetCtMark(m.farm)), Comment: "a full backend: choose again"},
+					text: textf("ct mark & %s @%s ct mark set %s", markText(m.mask), setBackendFull.Name, markText(m.farm)),
+				},
+				rule{
+					Rule: nft.Rule{Exprs: exprs, Comment: f.Scheduler.String() + " choice of backend, again"},
+					text: textf("%s", again),
+				})
+		}
+	}
 	for _, b := range f.Backends {
 		if b.MaxConnections == 0 {
 			continue
@@ -158,10 +184,11 @@ func farmChain(f Farm, m farmMarks, schedule, table nft.Set, space uint32, text 
 		bm := m.backends[b.Name]
 		c.rules = append(c.rules, rule{
 			Rule: nft.Rule{Exprs: slices.Concat(nft.MarkOverConnections(bm, setBackendConns.Name, uint32(b.MaxConnections)),
+				nft.FlagMark(setBackendFull.Name, fullFor),
 				nft.CountPair(setRejects.Name, m.lasting, uint32(reasonBackendFull)), []expr.Any{nft.Drop()}),
 				Comment: "refuse: backend_full " + b.Name},
-			text: textf("ct mark %s add @%s { ct mark ct count over %d } %s . %s @%s drop",
-				markText(bm), setBackendConns.Name, b.MaxConnections, constText(m.lasting), constText(uint32(reasonBackendFull)), setRejects.Name),
+			text: textf("ct mark %s add @%s { ct mark ct count over %d } add @%s { ct mark timeout %s } %s . %s @%s drop",
+				markText(bm), setBackendConns.Name, b.MaxConnections, setBackendFull.Name, fullFor, constText(m.lasting), constText(uint32(reasonBackendFull)), setRejects.Name),
 			seed: "IPVS: u_threshold; nftlb: backend est-connlimit",
 		})
 	}
@@ -307,6 +334,16 @@ func admission(f Farm, m farmMarks, text bool) []rule {
 	}
 	return out
 }
+
+// How long a backend found at its max_connections is flagged full, and
+// how many times a choice that falls on a flagged backend is made again.
+// The flag outlasts the client's first retransmissions (1 and 3 s), so
+// the client whose packet was dropped is not the next to find the backend
+// full; a backend back under its limit waits for the flag to expire.
+const (
+	fullFor     = 5 * time.Second
+	fullRetries = 15
+)
 
 // clientIdle is how long a client's rate limiter outlives its last new
 // connection.

@@ -86,7 +86,7 @@ func renderRuleset(o Options, farms map[string]*compiledFarm) string {
 			p(2, "typeof ct mark . numgen random mod %d : ct mark", scheduleSlots)
 		case s.Name == setPersistOK.Name || s.Name == setRejects.Name:
 			p(2, "typeof ct mark . ct mark")
-		case s.Name == setBackendConns.Name:
+		case s.Name == setBackendConns.Name || s.Name == setBackendFull.Name:
 			p(2, "typeof ct mark")
 		case isList(s.Name) || strings.HasPrefix(s.Name, "client_"):
 			p(2, "typeof ct mark . %s saddr", map[bool]string{true: "ip6", false: "ip"}[strings.HasSuffix(s.Name, "6")])

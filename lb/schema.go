@@ -130,6 +130,9 @@ var (
 	// backend_conns: backend mark -> its connection count, for the
 	// backends with MaxConnections.
 	setBackendConns = nft.Set{Name: "backend_conns", Key: nftables.TypeMark, Dynamic: true, Size: clientEntries}
+	// backend_full: the marks of backends found at their MaxConnections,
+	// for a second (see farmChain).
+	setBackendFull = nft.Set{Name: "backend_full", Key: nftables.TypeMark, Dynamic: true, Timeouts: true, Size: clientEntries}
 	// persist_BY_FAMILY: lasting farm id . client key -> backend mark,
 	// written by the rules as connections arrive and expiring on their
 	// own. They hold no farm's elements: nothing reads them back or
@@ -172,7 +175,7 @@ var allSets = slices.Concat(
 
 // trafficSets are the sets whose elements the rules make as connections
 // arrive: no farm's, never read back or diffed.
-var trafficSets = slices.Concat(persistSets, []nft.Set{setClientRate4, setClientRate6, setClientConns4, setClientConns6, setBackendConns})
+var trafficSets = slices.Concat(persistSets, []nft.Set{setClientRate4, setClientRate6, setClientConns4, setClientConns6, setBackendConns, setBackendFull})
 
 // clientEntries caps each per-client set: when one is full, a new client
 // is admitted without a limit of its own.

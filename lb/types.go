@@ -87,9 +87,10 @@ type Backend struct {
 	// over in the same change, and gives way again when one comes back.
 	Priority int `json:"priority,omitempty"`
 	// MaxConnections, if not 0, is how many connections the backend takes
-	// at once: while it has that many, the first packet of a new
-	// connection chosen for it is dropped, and the client's retransmission
-	// (a second later for TCP) chooses again, so other backends take it.
+	// at once. The new connection that finds it full loses its first
+	// packet (the client sends it again) and flags it full for a few
+	// seconds, during which choices that fall on it are made again, so
+	// other backends take its new connections.
 	MaxConnections int `json:"max_connections,omitempty"`
 }
 

@@ -198,6 +198,20 @@ func KeepPersisted(k PersistKey, persist string, farm uint32, ttl time.Duration)
 		&expr.Dynset{SrcRegKey: reg32(2), SrcRegData: reg32(1), SetName: persist, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: ttl})
 }
 
+// SetCtMark sets the connection's whole mark to m: ct mark set M.
+func SetCtMark(m uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: reg1, Data: Mark(m)},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+}
+
+// FlagMark adds the mark in NFT_REG_1 to set for ttl, following
+// MarkOverConnections: add @set { ct mark timeout TTL }.
+func FlagMark(set string, ttl time.Duration) []expr.Any {
+	return []expr.Any{&expr.Dynset{SrcRegKey: reg1, SetName: set, Operation: unix.NFT_DYNSET_OP_ADD, Timeout: ttl}}
+}
+
 // matchCtMarkNot matches connections whose whole mark is not m.
 func matchCtMarkNot(m uint32) []expr.Any {
 	return []expr.Any{
