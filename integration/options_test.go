@@ -65,8 +65,8 @@ func TestRenderedOptionsLoadWithNft(t *testing.T) {
 }
 
 // everyOption returns three farms that use every farm option among them:
-// an IPv4 consistent farm with limits, lists (denying deny), tcp_strict
-// and persistence; a round robin farm on port 21 with the ftp helper; an
+// an IPv4 consistent farm with limits, lists (denying deny), tcp_strict,
+// persistence and a backend's max_connections; a round robin farm on port 21 with the ftp helper; an
 // IPv6 hash farm with a deny list and persistence by persistBy.
 func everyOption(bed *testbed.Topology, deny netip.Prefix, persistBy lb.PersistBy) (f, g, h lb.Farm) {
 	f = farm("adm", vip4, 80, lb.NAT, backendsOf(bed, false, 80, 1, 1))
@@ -76,6 +76,7 @@ func everyOption(bed *testbed.Topology, deny netip.Prefix, persistBy lb.PersistB
 	f.TCPStrict = true
 	f.Persistence = &lb.Persistence{TTL: lb.Duration(time.Minute)}
 	f.Scheduler = lb.Consistent
+	f.Backends[0].MaxConnections = 1000
 	g = farm("ftp", vip4, 21, lb.NAT, backendsOf(bed, false, 21, 1, 1))
 	g.Helpers = []lb.Helper{lb.FTP}
 	g.Scheduler = lb.RoundRobin
