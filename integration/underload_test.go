@@ -3,6 +3,7 @@ package integration_test
 import (
 	"context"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -24,14 +25,37 @@ type availability struct {
 // and removed, through Apply, SetFarm and RemoveFarm) while eight clients
 // connect to two farms without pause. Every connection must succeed, and
 // none may reach a backend that was unavailable for the whole time the
-// connection was being made.
+// connection was being made. It runs with default farms (elements only),
+// and with farms whose options give them chains of their own, which every
+// change of their schedules replaces (a hash farm with persistence), or
+// whose Maglev table changes in place (a consistent farm with an allow
+// list and limits).
 func TestNoConnectionLostToChangesUnderLoad(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		options func(web, api *lb.Farm)
+	}{
+		{"default farms", func(*lb.Farm, *lb.Farm) {}},
+		{"farms with chains", func(web, api *lb.Farm) {
+			web.Scheduler, web.HashFields = lb.Hash, []lb.HashField{lb.SrcIP, lb.SrcPort}
+			web.Persistence = &lb.Persistence{By: lb.PersistSrcIPPort, TTL: lb.Duration(time.Minute)}
+			api.Scheduler = lb.Consistent
+			api.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+			api.Limits = &lb.Limits{NewPerSecond: 1_000_000}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { changesUnderLoad(t, tc.options) })
+	}
+}
+
+func changesUnderLoad(t *testing.T, options func(web, api *lb.Farm)) {
 	const changes = 1000
 	bed := mustBed(t, testbed.Options{Backends: 4, Ports: []uint16{80, 81}})
 	b := mustOpen(t, bed, lb.Options{})
 	all := backendsOf(bed, false, 0, 1, 1, 1, 1)
 	web := farm("web", vip4, 80, lb.NAT, slices.Clone(all[:2]))
 	api := farm("api", vip4, 81, lb.DNAT, slices.Clone(all[2:]))
+	options(&web, &api)
 	mustApply(t, b, lb.State{Farms: []lb.Farm{web, api}})
 
 	var mu sync.Mutex
