@@ -244,11 +244,9 @@ func MatchCtMarkIs(mask, m uint32) []expr.Any {
 	return append(LoadCtMark(mask), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: Mark(m)})
 }
 
-// Return returns to the calling chain.
-func Return() expr.Any { return &expr.Verdict{Kind: expr.VerdictReturn} }
-
-// PairKey is the key of a set of mark pairs, as RestorePersisted looks
-// it up: both marks in host order.
+// PairKey is the key of a set of mark pairs (persist_ok, the Maglev
+// tables, the rejection counters): both marks in host order, as the rules
+// load them.
 func PairKey(a, b uint32) []byte {
 	return binary.NativeEndian.AppendUint32(Mark(a), b)
 }
